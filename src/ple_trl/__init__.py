@@ -1,3 +1,9 @@
 """ple-trl: Progressively Label Enhancement (Liu, Xu & Geng, ICML 2025) for Hugging Face TRL."""
 
 __version__ = "0.1.0"
+
+from . import labeling, losses, principles  # noqa: E402
+from .config import PLEConfig  # noqa: E402
+from .trainer import PLETrainer  # noqa: E402
+
+__all__ = ["PLEConfig", "PLETrainer", "labeling", "losses", "principles", "__version__"]

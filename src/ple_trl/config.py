@@ -1,0 +1,306 @@
+import dataclasses
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .labeling import GAP_MODES, REWARD_TRANSFORMS, SFT_WEIGHTINGS
+from .losses import RANKING_LOSS_TYPES, REFERENCE_LOSS_TYPES
+from .principles import DEFAULT_TEMPLATE, PLACEMENTS
+
+ITERATION_UNITS = ("epoch", "steps")
+ROUTINGS = ("threshold", "rank_all", "wsft_all")
+
+# GRPO knobs that have no meaning in PLE (its advantage, clipping, importance sampling and entropy machinery), each with
+# the reason given to a user who sets one.
+GRPO_ONLY_FIELDS = {
+    "loss_type": "PLE's loss is chosen with `ranking_loss_type` and `sft_weighting`",
+    "epsilon": "PLE has no clipped policy ratio",
+    "epsilon_high": "PLE has no clipped policy ratio",
+    "delta": "PLE has no clipped policy ratio",
+    "importance_sampling_level": "PLE does not use importance sampling",
+    "scale_rewards": "PLE compares the two answers of a pair, it does not normalise rewards into advantages "
+    "(see `reward_transform`)",
+    "multi_objective_aggregation": "PLE sums the weighted rewards (see `reward_weights`)",
+    "top_entropy_quantile": "PLE has no entropy masking",
+    "entropy_coef": "PLE has no entropy bonus",
+    "use_adaptive_entropy": "PLE has no entropy bonus",
+    "off_policy_mask_threshold": "PLE does not use importance sampling",
+    "use_bias_correction_kl": "PLE has no KL term (use `beta` with a `dpo`/`ipo` ranking loss for a reference anchor)",
+    "sync_ref_model": "PLE's reference model is fixed",
+    "vllm_importance_sampling_correction": "PLE does not use importance sampling",
+    "mask_truncated_completions": "PLE trains on truncated answers like on the others",
+    "num_generations_eval": "PLE always generates one plain and one principled answer per prompt",
+}
+for _name in ("sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
+              "vespo_lambda_neg", "vllm_importance_sampling_mode", "vllm_importance_sampling_clip_min",
+              "vllm_importance_sampling_clip_max", "vllm_importance_sampling_cap"):  # fmt: skip
+    GRPO_ONLY_FIELDS[_name] = "it belongs to a GRPO loss variant that PLE does not use"
+
+
+@dataclass
+class PLEConfig(GRPOConfig):
+    r"""
+    Configuration class for the [`PLETrainer`], Progressively Label Enhancement (Liu, Xu & Geng, ICML 2025).
+
+    Everything of [`~trl.GRPOConfig`] that concerns the model, generation (`max_completion_length`, `temperature`,
+    `top_p`, `use_vllm`, ...), reward functions (`reward_weights`) and training applies unchanged. GRPO's own loss knobs
+    (`loss_type`, `epsilon`, `scale_rewards`, importance sampling, entropy) have no meaning in PLE: setting one to a
+    non-default value raises an error instead of being silently ignored.
+
+    Batch semantics: `per_device_train_batch_size` counts **pairs**, i.e. prompts, as for a DPO user: each prompt gives a
+    plain and a principle-guided answer. `generation_batch_size` (or `steps_per_generation`) counts pairs too; as in
+    GRPO, one generation round fills the buffer for `steps_per_generation` micro-steps and a pair is never split across
+    micro-batches. `num_generations` is fixed at 2 (one plain, one principled answer).
+
+    Parameters that control the principles:
+        principle (`str` or `None`, *optional*, defaults to `None`):
+            The principle added to every prompt. A `principle` column in the dataset overrides it per row.
+        principles (`list[str]` or `None`, *optional*, defaults to `None`):
+            A set of principles; each prompt gets one drawn at random (seeded by `seed`). Exclusive with `principle`.
+        principle_template (`str`, *optional*, defaults to `"{principle}\n\n{prompt}"`):
+            How the principle is combined with a plain prompt, or with the last user turn of a chat prompt. Must contain
+            `{prompt}`.
+        principle_placement (`str`, *optional*, defaults to `"user"`):
+            For chat prompts: `"user"` rewrites the last user turn with `principle_template`; `"system"` puts the
+            principle in a system message.
+
+    Parameters that control label enhancement:
+        tau0 (`float`, *optional*, defaults to `0.2`):
+            Initial threshold on the reward gap (paper: 0.2).
+        alpha (`float`, *optional*, defaults to `0.9`):
+            Decay of the threshold per PLE iteration, in (0, 1] (paper: 0.9): `tau_k = max(tau_min, tau0 * alpha**k)`.
+        tau_min (`float`, *optional*, defaults to `0.0`):
+            Floor of the threshold.
+        iteration_unit (`str`, *optional*, defaults to `"epoch"`):
+            What one PLE iteration is: `"epoch"` (one pass over the prompts) or `"steps"` (`steps_per_iteration`
+            optimizer steps).
+        steps_per_iteration (`int` or `None`, *optional*, defaults to `None`):
+            Optimizer steps per iteration when `iteration_unit="steps"`.
+        ple_iterations (`int` or `None`, *optional*, defaults to `None`):
+            Alternatively, the number of iterations `I` spread evenly over `max_steps` (sets `steps_per_iteration`).
+        gap_mode (`str`, *optional*, defaults to `"signed"`):
+            `"signed"` (`r_p - r`: rank only when the principled answer is better) or `"absolute"` (`|r_p - r|`: rank
+            the better answer of any pair with a large gap).
+        reward_transform (`str`, *optional*, defaults to `"none"`):
+            Rewards are put on tau's scale before routing: `"none"`, `"sigmoid"` or `"zscore"` (over the round).
+        routing (`str`, *optional*, defaults to `"threshold"`):
+            `"threshold"` is PLE; `"rank_all"` (ranking loss on every pair) and `"wsft_all"` (weighted SFT on every pair)
+            are the ablations.
+
+    Parameters that control the loss:
+        ranking_loss_type (`str`, *optional*, defaults to `"sigmoid"`):
+            `"sigmoid"` (Bradley-Terry on sequence likelihoods), `"hinge"` (RRHF-style, on mean token log-probs), or
+            the reference-anchored `"dpo"` and `"ipo"` (need `beta > 0`).
+        length_normalize (`bool`, *optional*, defaults to `False`):
+            Rank on mean token log-probs instead of their sum.
+        rank_sft_coef (`float`, *optional*, defaults to `0.0`):
+            Extra NLL on the preferred answer of ranked pairs.
+        sft_weighting (`str`, *optional*, defaults to `"softmax"`):
+            Soft labels of the weighted SFT loss: `"softmax"` over the two rewards, `"linear"` (positive rewards) or
+            `"equal"`.
+        sft_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature of the `"softmax"` weights.
+        rank_coef (`float`, *optional*, defaults to `1.0`):
+            Weight of the ranking loss.
+        wsft_coef (`float`, *optional*, defaults to `1.0`):
+            Weight of the weighted SFT loss.
+        beta (`float`, *optional*, defaults to `0.0`):
+            Reference anchor of `"dpo"`/`"ipo"` ranking. `0` loads no reference model. With PEFT the reference is the
+            adapter-disabled model, otherwise a frozen copy of the initial policy (or `ref_model=` of the trainer).
+
+    Parameters that control prompts and rewards:
+        max_prompt_length (`int` or `None`, *optional*, defaults to `512`):
+            Prompts (plain and principled) longer than this are truncated from the left. `None` keeps them whole.
+        reward_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            Path or id of a sequence-classification reward model, added to the trainer's `reward_funcs`.
+        reward_batch_size (`int` or `None`, *optional*, defaults to `None`):
+            At most this many answers are scored in one reward call (bounds a reward model's memory). `None`: all the
+            answers of the round at once.
+        save_enhanced_labels (`bool`, *optional*, defaults to `False`):
+            Append every enhanced label (prompt, principle, both answers, both rewards, route, weights, tau, step) to
+            `{output_dir}/enhanced_labels.jsonl`.
+    """
+
+    # Parameters that control the principles
+    principle: str | None = field(default=None, metadata={"help": "Principle added to every prompt."})
+    principles: list[str] | None = field(
+        default=None, metadata={"help": "A set of principles; each prompt gets one drawn at random."}
+    )
+    principle_template: str = field(
+        default=DEFAULT_TEMPLATE,
+        metadata={"help": "How a principle is combined with a prompt; placeholders `{principle}` and `{prompt}`."},
+    )
+    principle_placement: str = field(
+        default="user",
+        metadata={"help": "For chat prompts: rewrite the last `user` turn, or add a `system` message.", "choices": PLACEMENTS},
+    )
+
+    # Parameters that control label enhancement
+    tau0: float = field(default=0.2, metadata={"help": "Initial threshold on the reward gap (paper: 0.2)."})
+    alpha: float = field(default=0.9, metadata={"help": "Decay of the threshold per PLE iteration (paper: 0.9)."})
+    tau_min: float = field(default=0.0, metadata={"help": "Floor of the threshold."})
+    iteration_unit: str = field(
+        default="epoch",
+        metadata={"help": "One PLE iteration is an `epoch` or `steps_per_iteration` optimizer `steps`.", "choices": ITERATION_UNITS},
+    )
+    steps_per_iteration: int | None = field(
+        default=None, metadata={"help": "Optimizer steps per PLE iteration when `iteration_unit='steps'`."}
+    )
+    ple_iterations: int | None = field(
+        default=None, metadata={"help": "Number of PLE iterations spread evenly over `max_steps`."}
+    )
+    gap_mode: str = field(
+        default="signed", metadata={"help": "`signed` (r_p - r) or `absolute` (|r_p - r|) gap.", "choices": GAP_MODES}
+    )
+    reward_transform: str = field(
+        default="none",
+        metadata={"help": "Reward transform before routing.", "choices": REWARD_TRANSFORMS},
+    )
+    routing: str = field(
+        default="threshold",
+        metadata={"help": "`threshold` (PLE), or the ablations `rank_all` and `wsft_all`.", "choices": ROUTINGS},
+    )
+
+    # Parameters that control the loss
+    ranking_loss_type: str = field(
+        default="sigmoid", metadata={"help": "Ranking loss.", "choices": RANKING_LOSS_TYPES}
+    )
+    length_normalize: bool = field(
+        default=False, metadata={"help": "Rank on mean token log-probs instead of their sum."}
+    )
+    rank_sft_coef: float = field(default=0.0, metadata={"help": "Extra NLL on the preferred answer of ranked pairs."})
+    sft_weighting: str = field(
+        default="softmax", metadata={"help": "Soft labels of the weighted SFT loss.", "choices": SFT_WEIGHTINGS}
+    )
+    sft_temperature: float = field(default=1.0, metadata={"help": "Temperature of the softmax soft labels."})
+    rank_coef: float = field(default=1.0, metadata={"help": "Weight of the ranking loss."})
+    wsft_coef: float = field(default=1.0, metadata={"help": "Weight of the weighted SFT loss."})
+    beta: float = field(
+        default=0.0,
+        metadata={"help": "Reference anchor of `dpo`/`ipo` ranking losses; 0 loads no reference model."},
+    )
+
+    # Parameters that control prompts and rewards
+    max_prompt_length: int | None = field(
+        default=512, metadata={"help": "Prompts longer than this are truncated from the left."}
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Path or id of a sequence-classification reward model."}
+    )
+    reward_batch_size: int | None = field(
+        default=None, metadata={"help": "At most this many answers per reward call (None: the whole round)."}
+    )
+    save_enhanced_labels: bool = field(
+        default=False, metadata={"help": "Append every enhanced label to `{output_dir}/enhanced_labels.jsonl`."}
+    )
+
+    # Overridden GRPO defaults
+    num_generations: int | None = field(
+        default=2, metadata={"help": "Fixed at 2 in PLE: one plain and one principle-guided answer per prompt."}
+    )
+    vllm_importance_sampling_correction: bool = field(
+        default=False, metadata={"help": "Not used by PLE (no importance sampling)."}
+    )
+
+    def __post_init__(self):
+        self._check_ple_fields()
+        # GRPOConfig counts completions and checks that a generation batch holds whole groups of `num_generations`
+        # completions. PLE's unit is the pair (two completions), so present GRPO with completions for its checks,
+        # then count pairs again.
+        units = ("per_device_train_batch_size", "per_device_eval_batch_size", "generation_batch_size")
+        for name in units:
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name) * 2)
+        try:
+            super().__post_init__()
+        finally:
+            for name in units:
+                if getattr(self, name) is not None:
+                    setattr(self, name, getattr(self, name) // 2)
+        if self.ple_iterations is not None and self.steps_per_iteration is None:
+            self.steps_per_iteration = max(1, self.max_steps // self.ple_iterations)
+
+    def _check_ple_fields(self):
+        defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+        for name, reason in GRPO_ONLY_FIELDS.items():
+            value, default = getattr(self, name), defaults.get(name)
+            if name == "vllm_importance_sampling_correction":
+                default = False
+            if value != default:
+                raise ValueError(
+                    f"`{name}={value!r}` is a GRPO setting that PLE does not use: {reason}. Remove it (default: "
+                    f"{default!r})."
+                )
+        if self.num_generations != 2:
+            raise ValueError(
+                f"`num_generations={self.num_generations}`: PLE always generates exactly 2 answers per prompt (plain "
+                "and principled). Remove it; to generate more per step, raise `per_device_train_batch_size` (pairs)."
+            )
+        if self.principle is not None and self.principles is not None:
+            raise ValueError(
+                "Both `principle` and `principles` are set. Use `principle` for a single principle or `principles` "
+                "for a set to draw from, not both."
+            )
+        if self.principles is not None and (not self.principles or not all(isinstance(p, str) and p for p in self.principles)):
+            raise ValueError(f"`principles={self.principles!r}` must be a non-empty list of non-empty strings.")
+        if "{prompt}" not in self.principle_template:
+            raise ValueError(
+                f"`principle_template={self.principle_template!r}` has no `{{prompt}}` placeholder, so the query would "
+                "be lost. Use e.g. '{principle}\\n\\n{prompt}'."
+            )
+        try:
+            self.principle_template.format(principle="", prompt="")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"`principle_template={self.principle_template!r}` is not a valid template ({error!r}): only the "
+                "placeholders `{principle}` and `{prompt}` are allowed; write literal braces as `{{` and `}}`."
+            ) from None
+        choices = {
+            "principle_placement": PLACEMENTS,
+            "iteration_unit": ITERATION_UNITS,
+            "gap_mode": GAP_MODES,
+            "reward_transform": REWARD_TRANSFORMS,
+            "routing": ROUTINGS,
+            "ranking_loss_type": RANKING_LOSS_TYPES,
+            "sft_weighting": SFT_WEIGHTINGS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"Unknown `{name}={getattr(self, name)!r}`; use one of {allowed}.")
+        if self.tau0 < 0:
+            raise ValueError(f"`tau0={self.tau0}` must be >= 0 (the paper uses 0.2).")
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"`alpha={self.alpha}` must be in (0, 1] (the paper uses 0.9; 1 keeps tau constant).")
+        if self.tau_min < 0 or self.tau_min > self.tau0:
+            raise ValueError(f"`tau_min={self.tau_min}` must be in [0, tau0={self.tau0}].")
+        if self.sft_temperature <= 0:
+            raise ValueError(f"`sft_temperature={self.sft_temperature}` must be > 0.")
+        if self.beta < 0:
+            raise ValueError(f"`beta={self.beta}` must be >= 0.")
+        if self.ranking_loss_type in REFERENCE_LOSS_TYPES and self.beta == 0:
+            raise ValueError(
+                f"`ranking_loss_type={self.ranking_loss_type!r}` anchors on a reference model and needs `beta > 0`; "
+                "set e.g. `beta=0.1`, or use `ranking_loss_type='sigmoid'`."
+            )
+        for name in ("rank_coef", "wsft_coef", "rank_sft_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}={getattr(self, name)}` must be >= 0.")
+        if self.iteration_unit == "steps" and self.steps_per_iteration is None and self.ple_iterations is None:
+            raise ValueError(
+                "`iteration_unit='steps'` needs `steps_per_iteration` (optimizer steps per PLE iteration) or "
+                "`ple_iterations` (iterations spread over `max_steps`)."
+            )
+        if self.ple_iterations is not None:
+            if self.ple_iterations < 1 or self.max_steps <= 0:
+                raise ValueError(
+                    f"`ple_iterations={self.ple_iterations}` needs a positive `max_steps` (got {self.max_steps}) and "
+                    "must be >= 1."
+                )
+            if self.iteration_unit != "steps":
+                raise ValueError("`ple_iterations` counts optimizer steps: set `iteration_unit='steps'` with it.")
+        if self.steps_per_iteration is not None and self.steps_per_iteration < 1:
+            raise ValueError(f"`steps_per_iteration={self.steps_per_iteration}` must be >= 1.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"`max_prompt_length={self.max_prompt_length}` must be >= 1 or None.")
+        if self.reward_batch_size is not None and self.reward_batch_size < 1:
+            raise ValueError(f"`reward_batch_size={self.reward_batch_size}` must be >= 1 or None.")

@@ -1,0 +1,153 @@
+"""PLE's label enhancement: the threshold schedule, the reward transform, routing and soft-label weights.
+
+Pure tensor-in, tensor-out functions, with no trainer in them. The trainer calls them once per pair and per
+generation round, on rewards gathered from every process, so every process takes the same decisions.
+"""
+
+import math
+
+import torch
+
+REWARD_TRANSFORMS = ("none", "sigmoid", "zscore")
+GAP_MODES = ("signed", "absolute")
+SFT_WEIGHTINGS = ("softmax", "linear", "equal")
+
+
+def tau_at(iteration: int, tau0: float, alpha: float, tau_min: float = 0.0) -> float:
+    """
+    Threshold after `iteration` completed PLE iterations: `max(tau_min, tau0 * alpha**iteration)`.
+
+    Args:
+        iteration (`int`):
+            Number of completed PLE iterations (0 before the first one ends).
+        tau0 (`float`):
+            Initial threshold (0.2 in the paper).
+        alpha (`float`):
+            Decay factor in (0, 1] (0.9 in the paper).
+        tau_min (`float`, *optional*, defaults to `0.0`):
+            Floor under which tau never decays.
+
+    Returns:
+        `float`: the threshold.
+    """
+    if iteration < 0:
+        raise ValueError(f"`iteration` must be >= 0, got {iteration}.")
+    return max(tau_min, tau0 * alpha**iteration)
+
+
+def transform_rewards(rewards: torch.Tensor, transform: str = "none") -> torch.Tensor:
+    """
+    Put rewards on the scale tau is read on. NaN rewards (unscorable answers) stay NaN and are ignored by `zscore`.
+
+    Args:
+        rewards (`torch.Tensor`):
+            Rewards of every answer of the generation round, any shape.
+        transform (`str`, *optional*, defaults to `"none"`):
+            `"none"` keeps them, `"sigmoid"` maps them to (0, 1), `"zscore"` standardises them over the round (mean 0,
+            standard deviation 1; a round with one reward or no spread gives zeros).
+
+    Returns:
+        `torch.Tensor`: transformed rewards, same shape.
+    """
+    if transform == "none":
+        return rewards
+    if transform == "sigmoid":
+        return torch.sigmoid(rewards)
+    if transform == "zscore":
+        finite = rewards[~torch.isnan(rewards)]
+        if finite.numel() < 2:
+            return torch.where(torch.isnan(rewards), rewards, torch.zeros_like(rewards))
+        std = finite.std()
+        centred = rewards - finite.mean()
+        return centred / std if std > 0 else centred * 0.0
+    raise ValueError(f"Unknown `reward_transform={transform!r}`; use one of {REWARD_TRANSFORMS}.")
+
+
+def reward_gap(reward_plain: torch.Tensor, reward_principled: torch.Tensor, gap_mode: str = "signed") -> torch.Tensor:
+    """
+    Gap between the two answers of each pair: `r_p - r` (`"signed"`) or `|r_p - r|` (`"absolute"`).
+
+    Args:
+        reward_plain (`torch.Tensor`): rewards of the plain answers, shape `(num_pairs,)`.
+        reward_principled (`torch.Tensor`): rewards of the principle-guided answers, shape `(num_pairs,)`.
+        gap_mode (`str`, *optional*, defaults to `"signed"`): `"signed"` or `"absolute"`.
+
+    Returns:
+        `torch.Tensor`: the gap, shape `(num_pairs,)`.
+    """
+    if gap_mode == "signed":
+        return reward_principled - reward_plain
+    if gap_mode == "absolute":
+        return (reward_principled - reward_plain).abs()
+    raise ValueError(f"Unknown `gap_mode={gap_mode!r}`; use one of {GAP_MODES}.")
+
+
+def route_pairs(
+    reward_plain: torch.Tensor, reward_principled: torch.Tensor, tau: float, gap_mode: str = "signed"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    Decide, for each pair, between the ranking loss and the weighted SFT loss.
+
+    A pair is ranked when its gap is strictly greater than `tau`. With `"signed"` gaps the principled answer is always
+    the preferred one of a ranked pair; with `"absolute"` gaps the answer with the higher reward is preferred. A pair
+    with a NaN reward is neither ranked nor valid: it is skipped for this round.
+
+    Args:
+        reward_plain (`torch.Tensor`): rewards of the plain answers, shape `(num_pairs,)`.
+        reward_principled (`torch.Tensor`): rewards of the principle-guided answers, shape `(num_pairs,)`.
+        tau (`float`): current threshold.
+        gap_mode (`str`, *optional*, defaults to `"signed"`): `"signed"` or `"absolute"`.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor, torch.Tensor]`: boolean tensors of shape `(num_pairs,)`:
+        `rank_mask` (ranking loss), `principled_preferred` (which answer a ranked pair prefers) and `valid` (both
+        rewards are finite).
+    """
+    valid = torch.isfinite(reward_plain) & torch.isfinite(reward_principled)
+    gap = reward_gap(reward_plain, reward_principled, gap_mode)
+    rank_mask = valid & (gap > tau)
+    principled_preferred = reward_principled >= reward_plain if gap_mode == "absolute" else torch.ones_like(valid)
+    return rank_mask, principled_preferred, valid
+
+
+def soft_label_weights(
+    reward_plain: torch.Tensor,
+    reward_principled: torch.Tensor,
+    weighting: str = "softmax",
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """
+    Weight of the principle-guided answer in the weighted SFT loss; the plain answer gets `1 - w_p`.
+
+    - `"softmax"`: `w_p = exp(r_p/T) / (exp(r_p/T) + exp(r/T))`, i.e. `sigmoid((r_p - r) / T)`;
+    - `"linear"`: `w_p = r_p / (r_p + r)`, which needs positive rewards;
+    - `"equal"`: `w_p = 0.5`.
+
+    The weights are labels, not parameters: they carry no gradient. NaN rewards give NaN weights (skipped pairs).
+
+    Args:
+        reward_plain (`torch.Tensor`): rewards of the plain answers, shape `(num_pairs,)`.
+        reward_principled (`torch.Tensor`): rewards of the principle-guided answers, shape `(num_pairs,)`.
+        weighting (`str`, *optional*, defaults to `"softmax"`): `"softmax"`, `"linear"` or `"equal"`.
+        temperature (`float`, *optional*, defaults to `1.0`): softmax temperature `T` (> 0).
+
+    Returns:
+        `torch.Tensor`: `w_p`, shape `(num_pairs,)`.
+    """
+    reward_plain, reward_principled = reward_plain.detach(), reward_principled.detach()
+    if weighting == "softmax":
+        if temperature <= 0:
+            raise ValueError(f"`sft_temperature` must be > 0, got {temperature}.")
+        return torch.sigmoid((reward_principled - reward_plain) / temperature)
+    if weighting == "linear":
+        finite = torch.isfinite(reward_plain) & torch.isfinite(reward_principled)
+        if ((reward_plain[finite] <= 0) | (reward_principled[finite] <= 0)).any():
+            raise ValueError(
+                "`sft_weighting='linear'` needs strictly positive rewards, but a reward <= 0 was seen. Use "
+                "`reward_transform='sigmoid'` to map rewards to (0, 1), or `sft_weighting='softmax'`."
+            )
+        return reward_principled / (reward_principled + reward_plain)
+    if weighting == "equal":
+        weights = torch.full_like(reward_plain, 0.5)
+        return torch.where(torch.isfinite(reward_plain) & torch.isfinite(reward_principled), weights, math.nan)
+    raise ValueError(f"Unknown `sft_weighting={weighting!r}`; use one of {SFT_WEIGHTINGS}.")

@@ -1,0 +1,165 @@
+"""PLE's losses, on per-sequence log-probabilities.
+
+`l(y|x)` is the sum of the log-probabilities of an answer's tokens given the plain prompt, `lbar(y|x)` their mean.
+Everything here is a pure tensor function; the trainer computes the log-probabilities in one forward pass and calls
+`ple_loss`.
+"""
+
+import torch
+import torch.nn.functional as F
+
+RANKING_LOSS_TYPES = ("sigmoid", "hinge", "dpo", "ipo")
+REFERENCE_LOSS_TYPES = ("dpo", "ipo")
+
+
+def sequence_logps(per_token_logps: torch.Tensor, mask: torch.Tensor, length_normalize: bool = False) -> torch.Tensor:
+    """
+    Per-sequence log-probability from per-token log-probabilities.
+
+    Args:
+        per_token_logps (`torch.Tensor`): shape `(batch, length)`.
+        mask (`torch.Tensor`): 1 on answer tokens, 0 on padding; shape `(batch, length)`.
+        length_normalize (`bool`, *optional*, defaults to `False`): mean over answer tokens (`lbar`) instead of the
+            sum (`l`). An empty answer has mean 0.
+
+    Returns:
+        `torch.Tensor`: shape `(batch,)`.
+    """
+    mask = mask.to(per_token_logps.dtype)
+    total = (per_token_logps * mask).sum(-1)
+    return total / mask.sum(-1).clamp(min=1.0) if length_normalize else total
+
+
+def ranking_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    loss_type: str = "sigmoid",
+    beta: float = 0.0,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """
+    Per-pair ranking loss that prefers the chosen answer over the rejected one.
+
+    - `"sigmoid"`: `-log sigmoid(l_c - l_r)`, Bradley-Terry on sequence likelihoods: the log form of the paper's
+      `pi(y_p|x) / (pi(y_p|x) + pi(y|x))`;
+    - `"hinge"`: `max(0, l_r - l_c)`, RRHF-style (pass length-normalised log-probs to follow RRHF);
+    - `"dpo"`: `-log sigmoid(beta * ((l_c - ref_c) - (l_r - ref_r)))`;
+    - `"ipo"`: `((l_c - ref_c) - (l_r - ref_r) - 1 / (2 * beta))**2`.
+
+    Args:
+        chosen_logps (`torch.Tensor`): log-probs of the preferred answers, shape `(num_pairs,)`.
+        rejected_logps (`torch.Tensor`): log-probs of the other answers, shape `(num_pairs,)`.
+        loss_type (`str`, *optional*, defaults to `"sigmoid"`): one of `"sigmoid"`, `"hinge"`, `"dpo"`, `"ipo"`.
+        beta (`float`, *optional*, defaults to `0.0`): strength of the reference anchor, > 0 for `"dpo"`/`"ipo"`.
+        ref_chosen_logps (`torch.Tensor`, *optional*): reference log-probs of the chosen answers (`"dpo"`/`"ipo"`).
+        ref_rejected_logps (`torch.Tensor`, *optional*): reference log-probs of the rejected answers.
+
+    Returns:
+        `torch.Tensor`: shape `(num_pairs,)`.
+    """
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(chosen_logps - rejected_logps)
+    if loss_type == "hinge":
+        return torch.relu(rejected_logps - chosen_logps)
+    if loss_type in REFERENCE_LOSS_TYPES:
+        if beta <= 0 or ref_chosen_logps is None or ref_rejected_logps is None:
+            raise ValueError(
+                f"`ranking_loss_type={loss_type!r}` needs `beta > 0` and reference log-probs; got beta={beta}. "
+                "Set `beta` (e.g. 0.1) or use `ranking_loss_type='sigmoid'`."
+            )
+        margin = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
+        if loss_type == "dpo":
+            return -F.logsigmoid(beta * margin)
+        return (margin - 1 / (2 * beta)) ** 2
+    raise ValueError(f"Unknown `ranking_loss_type={loss_type!r}`; use one of {RANKING_LOSS_TYPES}.")
+
+
+def weighted_sft_loss(
+    plain_mean_logps: torch.Tensor, principled_mean_logps: torch.Tensor, weight_principled: torch.Tensor
+) -> torch.Tensor:
+    """
+    Per-pair reward-weighted SFT loss: `-(w_p * lbar(y_p|x) + (1 - w_p) * lbar(y|x))`.
+
+    Args:
+        plain_mean_logps (`torch.Tensor`): mean token log-prob of the plain answers, shape `(num_pairs,)`.
+        principled_mean_logps (`torch.Tensor`): same for the principle-guided answers.
+        weight_principled (`torch.Tensor`): `w_p` from [`~ple_trl.labeling.soft_label_weights`]; a constant.
+
+    Returns:
+        `torch.Tensor`: shape `(num_pairs,)`.
+    """
+    weight_principled = weight_principled.detach()
+    return -(weight_principled * principled_mean_logps + (1 - weight_principled) * plain_mean_logps)
+
+
+def ple_loss(
+    plain_logps: torch.Tensor,
+    principled_logps: torch.Tensor,
+    plain_mean_logps: torch.Tensor,
+    principled_mean_logps: torch.Tensor,
+    rank_mask: torch.Tensor,
+    principled_preferred: torch.Tensor,
+    weight_principled: torch.Tensor,
+    valid: torch.Tensor,
+    ranking_loss_type: str = "sigmoid",
+    length_normalize: bool = False,
+    rank_coef: float = 1.0,
+    wsft_coef: float = 1.0,
+    rank_sft_coef: float = 0.0,
+    beta: float = 0.0,
+    ref_plain_logps: torch.Tensor | None = None,
+    ref_principled_logps: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The routed PLE loss of a batch of pairs, both answers conditioned on the plain prompt.
+
+    Ranked pairs get `rank_coef * (L_rank + rank_sft_coef * NLL(preferred))`, the other valid pairs get
+    `wsft_coef * L_wsft`, invalid pairs (NaN reward) get nothing; the result is the mean over valid pairs.
+
+    Args:
+        plain_logps, principled_logps (`torch.Tensor`): summed answer log-probs `l(.|x)`, shape `(num_pairs,)`.
+        plain_mean_logps, principled_mean_logps (`torch.Tensor`): mean answer log-probs `lbar(.|x)`.
+        rank_mask, principled_preferred, valid (`torch.Tensor`): booleans from [`~ple_trl.labeling.route_pairs`].
+        weight_principled (`torch.Tensor`): `w_p` from [`~ple_trl.labeling.soft_label_weights`].
+        ranking_loss_type (`str`, *optional*, defaults to `"sigmoid"`): see [`ranking_loss`].
+        length_normalize (`bool`, *optional*, defaults to `False`): rank on `lbar` instead of `l` (`"hinge"` always
+            ranks on `lbar`).
+        rank_coef, wsft_coef (`float`, *optional*, default to `1.0`): weights of the two branches.
+        rank_sft_coef (`float`, *optional*, defaults to `0.0`): extra NLL (mean token) on the preferred answer of a
+            ranked pair.
+        beta (`float`, *optional*, defaults to `0.0`): reference anchor for `"dpo"`/`"ipo"`.
+        ref_plain_logps, ref_principled_logps (`torch.Tensor`, *optional*): reference log-probs, same form as the
+            policy's ones used for ranking.
+
+    Returns:
+        `tuple`: `(loss, rank_losses, wsft_losses)`: the scalar loss, and the per-pair losses of each branch (zero
+        where the branch does not apply), for logging.
+    """
+    normalize = length_normalize or ranking_loss_type == "hinge"
+    rank_plain = plain_mean_logps if normalize else plain_logps
+    rank_principled = principled_mean_logps if normalize else principled_logps
+    chosen = torch.where(principled_preferred, rank_principled, rank_plain)
+    rejected = torch.where(principled_preferred, rank_plain, rank_principled)
+    ref_chosen = ref_rejected = None
+    if ref_plain_logps is not None and ref_principled_logps is not None:
+        ref_chosen = torch.where(principled_preferred, ref_principled_logps, ref_plain_logps)
+        ref_rejected = torch.where(principled_preferred, ref_plain_logps, ref_principled_logps)
+    rank = ranking_loss(chosen, rejected, ranking_loss_type, beta, ref_chosen, ref_rejected)
+    if rank_sft_coef:
+        preferred_mean = torch.where(principled_preferred, principled_mean_logps, plain_mean_logps)
+        rank = rank - rank_sft_coef * preferred_mean
+    # NaN weights belong to skipped pairs: zero them so they cannot leak NaN through torch.where's gradient.
+    weights = torch.nan_to_num(weight_principled, nan=0.5)
+    wsft = weighted_sft_loss(plain_mean_logps, principled_mean_logps, weights)
+
+    rank_mask, valid = rank_mask & valid, valid.bool()
+    wsft_mask = valid & ~rank_mask
+    zero = torch.zeros_like(rank)
+    rank_losses = torch.where(rank_mask, rank, zero)
+    wsft_losses = torch.where(wsft_mask, wsft, zero)
+    per_pair = rank_coef * rank_losses + wsft_coef * wsft_losses
+    # Mean over valid pairs; with none valid this is 0 but still attached to the graph, so every process runs the
+    # same backward (DDP would hang otherwise).
+    loss = per_pair.sum() / valid.sum().clamp(min=1)
+    return loss, rank_losses, wsft_losses
