@@ -260,7 +260,8 @@ class PLETrainer(GRPOTrainer):
         return prompt_ids, images, multimodal_fields
 
     def _score(self, inputs, prompts, completions, completion_ids):
-        """Weighted rewards of every answer of every process, `(num_processes * len(prompts),)`, NaN if unscorable."""
+        """Weighted rewards of every answer of every process, `(num_processes * len(prompts),)`, NaN if unscorable,
+        and the rewards of each function."""
         chunk = self.args.reward_batch_size or len(prompts)
         parts = []
         for start in range(0, len(prompts), chunk):
@@ -271,7 +272,7 @@ class PLETrainer(GRPOTrainer):
             parts.append(per_func.view(self.accelerator.num_processes, -1, per_func.size(-1)))
         rewards_per_func = torch.cat(parts, dim=1).flatten(0, 1)
         rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
-        return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.nan, rewards)
+        return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.nan, rewards), rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
         device = self.accelerator.device
@@ -290,7 +291,11 @@ class PLETrainer(GRPOTrainer):
         )
 
         # Both answers are scored against the plain prompt: the reward never sees the principle.
-        rewards = self._score(inputs + inputs, plain_prompts + plain_prompts, completions, completion_ids_list)
+        rewards, rewards_per_func = self._score(
+            inputs + inputs, plain_prompts + plain_prompts, completions, completion_ids_list
+        )
+        for name, mean in zip(self.reward_func_names, torch.nanmean(rewards_per_func, dim=0).tolist(), strict=True):
+            self._metrics[mode][f"rewards/{name}/mean"].append(mean)
         rewards = rewards.view(self.accelerator.num_processes, 2, num_pairs)
         reward_plain, reward_principled = rewards[:, 0].flatten(), rewards[:, 1].flatten()
 

@@ -1,0 +1,114 @@
+import math
+
+import pytest
+import torch
+
+from ple_trl import losses
+
+
+def log_sigmoid(x):
+    return -math.log(1 + math.exp(-x))
+
+
+def test_sequence_logps_sum_and_mean():
+    per_token = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert losses.sequence_logps(per_token, mask).tolist() == [-6.0, -1.0]
+    assert losses.sequence_logps(per_token, mask, length_normalize=True).tolist() == [-2.0, -0.5]
+
+
+def test_sigmoid_ranking_loss_by_hand():
+    loss = losses.ranking_loss(torch.tensor([-2.0]), torch.tensor([-3.0]), "sigmoid")
+    assert loss.item() == pytest.approx(-log_sigmoid(1.0))
+
+
+def test_hinge_ranking_loss_by_hand():
+    loss = losses.ranking_loss(torch.tensor([-2.0, -3.0]), torch.tensor([-3.0, -2.0]), "hinge")
+    assert loss.tolist() == [0.0, 1.0]
+
+
+def test_dpo_and_ipo_by_hand():
+    chosen, rejected = torch.tensor([-2.0]), torch.tensor([-3.0])
+    ref_chosen, ref_rejected = torch.tensor([-2.5]), torch.tensor([-2.5])
+    margin = (-2.0 + 2.5) - (-3.0 + 2.5)  # 1.0
+    dpo = losses.ranking_loss(chosen, rejected, "dpo", 0.1, ref_chosen, ref_rejected)
+    assert dpo.item() == pytest.approx(-log_sigmoid(0.1 * margin))
+    ipo = losses.ranking_loss(chosen, rejected, "ipo", 0.1, ref_chosen, ref_rejected)
+    assert ipo.item() == pytest.approx((margin - 1 / 0.2) ** 2)
+
+
+def test_reference_losses_need_beta_and_reference():
+    with pytest.raises(ValueError, match="beta"):
+        losses.ranking_loss(torch.zeros(1), torch.zeros(1), "dpo", 0.0)
+
+
+def test_unknown_ranking_loss_names_the_knob():
+    with pytest.raises(ValueError, match="ranking_loss_type='kto'"):
+        losses.ranking_loss(torch.zeros(1), torch.zeros(1), "kto")
+
+
+def test_weighted_sft_loss_by_hand():
+    loss = losses.weighted_sft_loss(torch.tensor([-2.0]), torch.tensor([-1.0]), torch.tensor([0.75]))
+    assert loss.item() == pytest.approx(0.75 * 1.0 + 0.25 * 2.0)
+
+
+def test_ple_loss_routes_each_pair_and_averages_over_valid_pairs():
+    sums_plain = torch.tensor([-6.0, -4.0, -5.0])
+    sums_principled = torch.tensor([-3.0, -2.0, -1.0])
+    means_plain = torch.tensor([-2.0, -1.0, -1.0])
+    means_principled = torch.tensor([-1.0, -0.5, -0.2])
+    loss, rank_losses, wsft_losses = losses.ple_loss(
+        sums_plain, sums_principled, means_plain, means_principled,
+        rank_mask=torch.tensor([True, False, False]),
+        principled_preferred=torch.tensor([True, True, True]),
+        weight_principled=torch.tensor([0.9, 0.75, math.nan]),
+        valid=torch.tensor([True, True, False]),
+    )  # fmt: skip
+    rank = -log_sigmoid(-3.0 - (-6.0))  # pair 0: ranked on summed log-probs
+    wsft = -(0.75 * -0.5 + 0.25 * -1.0)  # pair 1: weighted SFT on mean log-probs
+    assert rank_losses.tolist() == pytest.approx([rank, 0.0, 0.0])
+    assert wsft_losses.tolist() == pytest.approx([0.0, wsft, 0.0])
+    assert loss.item() == pytest.approx((rank + wsft) / 2)  # pair 2 (NaN reward) is skipped
+
+
+def test_ple_loss_coefficients_length_normalisation_and_rank_sft():
+    args = dict(
+        plain_logps=torch.tensor([-6.0]), principled_logps=torch.tensor([-3.0]),
+        plain_mean_logps=torch.tensor([-2.0]), principled_mean_logps=torch.tensor([-1.0]),
+        rank_mask=torch.tensor([True]), principled_preferred=torch.tensor([True]),
+        weight_principled=torch.tensor([0.5]), valid=torch.tensor([True]),
+    )  # fmt: skip
+    loss, _, _ = losses.ple_loss(**args, length_normalize=True, rank_coef=2.0, rank_sft_coef=0.5)
+    assert loss.item() == pytest.approx(2.0 * (-log_sigmoid(-1.0 + 2.0) + 0.5 * 1.0))
+
+
+def test_ple_loss_prefers_the_plain_answer_when_told():
+    loss, _, _ = losses.ple_loss(
+        torch.tensor([-1.0]), torch.tensor([-4.0]), torch.tensor([-1.0]), torch.tensor([-4.0]),
+        rank_mask=torch.tensor([True]), principled_preferred=torch.tensor([False]),
+        weight_principled=torch.tensor([0.5]), valid=torch.tensor([True]),
+    )  # fmt: skip
+    assert loss.item() == pytest.approx(-log_sigmoid(3.0))
+
+
+def test_ple_loss_with_no_valid_pair_is_zero_but_differentiable():
+    logps = torch.tensor([-1.0], requires_grad=True)
+    loss, _, _ = losses.ple_loss(
+        logps, logps, logps, logps, torch.tensor([False]), torch.tensor([True]), torch.tensor([math.nan]),
+        torch.tensor([False]),
+    )
+    loss.backward()
+    assert loss.item() == 0.0
+    assert logps.grad is not None and logps.grad.item() == 0.0
+
+
+def test_ple_loss_gradient_pushes_principled_up_and_plain_down_when_ranked():
+    plain = torch.tensor([-3.0], requires_grad=True)
+    principled = torch.tensor([-3.0], requires_grad=True)
+    loss, _, _ = losses.ple_loss(
+        plain, principled, plain / 3, principled / 3, torch.tensor([True]), torch.tensor([True]),
+        torch.tensor([0.5]), torch.tensor([True]),
+    )
+    loss.backward()
+    assert principled.grad.item() == pytest.approx(-0.5)
+    assert plain.grad.item() == pytest.approx(0.5)
