@@ -1,0 +1,78 @@
+# Copyright 2025 The ple-trl authors. Licensed under the Apache License, Version 2.0.
+
+# /// script
+# dependencies = [
+#     "ple-trl",
+#     "trl",
+#     "peft",
+# ]
+# ///
+
+"""
+Progressively Label Enhancement (PLE, Liu, Xu & Geng, ICML 2025) with TRL.
+
+The logic lives in `ple_trl.scripts.ple` (this file and `ple-trl train` share it). Arguments are those of
+`PLEScriptArguments` (dataset, rewards, SFT stage), `PLEConfig` and `trl.ModelConfig`; a YAML recipe gives defaults
+(`--config recipe.yaml`, or the recipe path first), the command line overrides them.
+
+Usage:
+
+Full training, a reward model, a prompt-only dataset from the Hub:
+
+```bash
+python examples/scripts/ple.py \
+    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
+    --dataset_name trl-lib/tldr \
+    --reward_model_name_or_path OpenAssistant/reward-model-deberta-v3-large-v2 \
+    --principle "Write a concise summary that keeps only the main point of the post." \
+    --learning_rate 1.0e-6 \
+    --per_device_train_batch_size 4 \
+    --gradient_accumulation_steps 4 \
+    --max_completion_length 64 \
+    --tau0 0.2 --alpha 0.9 \
+    --output_dir Qwen2.5-0.5B-PLE-tldr
+```
+
+LoRA (the paper's setting: r=8, alpha=16, all linear modules), a local JSONL file with a `question` column and a named
+lexicon reward:
+
+```bash
+python examples/scripts/ple.py \
+    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
+    --dataset_name my_prompts.jsonl \
+    --prompt_column question \
+    --reward_funcs vader_sentiment profanity_penalty \
+    --principle "Answer in a warm, positive and clean way." \
+    --learning_rate 1.0e-5 \
+    --per_device_train_batch_size 4 \
+    --max_completion_length 64 \
+    --use_peft \
+    --lora_r 8 \
+    --lora_alpha 16 \
+    --lora_target_modules all-linear \
+    --output_dir Qwen2.5-0.5B-PLE-LoRA
+```
+
+A recipe, with an SFT stage first (Algorithm 1, line 1) and a command-line override:
+
+```bash
+python examples/scripts/ple.py --config examples/recipes/hh.yaml --sft_steps 200 --output_dir hh-ple
+```
+
+On several GPUs (or NPUs, with `examples/accelerate_configs/multi_npu.yaml`):
+
+```bash
+accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/scripts/ple.py \
+    --config examples/recipes/imdb.yaml \
+    --output_dir imdb-ple
+```
+
+On a CPU, add `--bf16 False` (TRL's configs default to bf16).
+"""
+
+from ple_trl.scripts.ple import main, make_parser, parse_args  # noqa: F401  (make_parser: TRL's script layout)
+
+
+if __name__ == "__main__":
+    script_args, training_args, model_args = parse_args()
+    main(script_args, training_args, model_args)
