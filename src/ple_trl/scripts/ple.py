@@ -783,3 +783,18 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None):
     """
     argv = config_argv(sys.argv[1:] if argv is None else argv)
     return make_parser(prog=prog).parse_args_and_config(argv)
+
+
+def run(argv: list[str] | None = None, prog: str | None = "ple-trl train") -> int:
+    """
+    `ple-trl train [RECIPE] [--key value ...]`: parse the arguments (and the recipe), then train.
+
+    Args:
+        argv (`list[str]`, *optional*): the arguments after `train`; `sys.argv[1:]` when `None`.
+        prog (`str`, *optional*): program name shown in `--help`.
+
+    Returns:
+        `int`: the exit status, `0`.
+    """
+    main(*parse_args(argv, prog=prog))
+    return 0

@@ -1,0 +1,75 @@
+"""The `ple-trl` console script: `ple-trl COMMAND [ARGS ...]`.
+
+Every command is a function `main(argv: list[str] | None) -> int | None` in its own module, imported only when the
+command runs (so `ple-trl --help` is fast); `ple-trl COMMAND --help` shows the command's own arguments. To add a
+command, add a line to [`COMMANDS`].
+"""
+
+import argparse
+import importlib
+import sys
+
+# name: (module, function, one-line help)
+COMMANDS = {
+    "train": (
+        "ple_trl.scripts.ple",
+        "run",
+        "Train with PLE: the TRL-style script, e.g. `ple-trl train examples/recipes/hh.yaml --output_dir out`.",
+    ),
+    "eval": (
+        "ple_trl.scripts.eval",
+        "main",
+        "Answer a prompt set with a model (or two) and print the offline metrics (reward, win rate, BLEU, perplexity).",
+    ),
+    "demo": ("ple_trl.demo", "main", "Run the offline demo on a small real model."),
+    "plot": ("ple_trl.plotting", "main", "Plot the PLE curves (tau, rewards, rank fraction) of a run."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: it only lists the commands; each command parses its own arguments."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ple-trl",
+        description="Progressively Label Enhancement (PLE, ICML 2025) for Hugging Face TRL.",
+        epilog="Run `ple-trl COMMAND --help` for the arguments of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"ple-trl {__version__}")
+    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    for name, (_, _, help_text) in COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Run `ple-trl`.
+
+    Args:
+        argv (`list[str]`, *optional*): the arguments after `ple-trl`; `sys.argv[1:]` when `None`.
+
+    Returns:
+        `int`: the exit status.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-"):
+        parser.parse_args(argv or ["--help"])  # --help / --version exit here
+        parser.error(f"give a command first, one of {list(COMMANDS)}; got {argv[0]!r}.")
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        parser.error(f"unknown command {command!r}: use one of {list(COMMANDS)}.")
+    module_name, function_name, _ = COMMANDS[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        parser.error(f"`ple-trl {command}` is not available in this installation ({module_name} is missing).")
+    status = getattr(module, function_name)(rest)
+    return status if isinstance(status, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
