@@ -153,6 +153,18 @@ except ValueError as error:
 D.check_vllm_mode("colocate", True)
 D.check_vllm_mode("server", False)
 
+from ple_trl import PLEConfig
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    ple = PLEConfig(output_dir="out", report_to="none", principle="Be positive.")
+out["ple_precision"] = [ple.bf16, ple.fp16]
+out["ple_fallback_warnings"] = sum(w.category is D.PrecisionFallbackWarning for w in caught)
+try:
+    PLEConfig(output_dir="out", report_to="none", principle="Be positive.", use_vllm=True, vllm_mode="server")
+    out["ple_vllm_server_error"] = None
+except (ValueError, ImportError) as error:
+    out["ple_vllm_server_error"] = f"{type(error).__name__}: {error}"
+
 out["peak_memory"] = D.peak_memory_bytes(args.device)
 before = torch.npu.calls["empty_cache"]
 D.clear_device_cache()
@@ -193,6 +205,7 @@ def test_bf16_kept_on_910b(npu_910b):
     assert npu_910b["warnings"] == []
     assert npu_910b["config_precision"] == [True, False]
     assert npu_910b["trl_default_error"] is None
+    assert npu_910b["ple_precision"] == [True, False] and npu_910b["ple_fallback_warnings"] == 0
 
 
 def test_bf16_falls_back_to_fp16_on_910a(npu_910a):
@@ -207,12 +220,15 @@ def test_bf16_falls_back_to_fp16_on_910a(npu_910a):
         assert "torch.npu.is_bf16_supported() is False" in message and "910A" in message and "fp16" in message
     assert npu_910a["config_precision"] == [False, True]
     assert npu_910a["config_device"] == "npu:0"
+    # PLEConfig resolves its precision with the same helper: its defaults work on a 910A.
+    assert npu_910a["ple_precision"] == [False, True] and npu_910a["ple_fallback_warnings"] == 1
 
 
 def test_vllm_server_refused_on_npu(npu_910b):
     message = npu_910b["vllm_server_error"]
     assert message is not None
     assert "vllm_mode='server'" in message and "npu" in message and "vllm_mode='colocate'" in message
+    assert npu_910b["ple_vllm_server_error"].startswith("ValueError: vllm_mode='server' is not supported on npu")
 
 
 def test_memory_helpers_use_the_npu_module(npu_910b):
@@ -304,6 +320,13 @@ def test_check_vllm_mode(device_type, use_vllm, mode, refused):
             check_vllm_mode(mode, use_vllm, device_type=device_type)
     else:
         check_vllm_mode(mode, use_vllm, device_type=device_type)
+
+
+def test_ple_config_defaults_work_on_cpu():
+    from ple_trl import PLEConfig
+
+    args = PLEConfig(output_dir="out", report_to="none", principle="Be positive.")  # bf16 left unset
+    assert (args.bf16, args.fp16) == (False, False) and args.device.type == "cpu"
 
 
 def test_precision_on_cpu():
