@@ -39,7 +39,7 @@ def principle_following_model(tmp_path_factory):
             text = f"{prompt} " + " ".join(rng.choice([POSITIVE_WORDS, NEGATIVE_WORDS])[rng.randrange(6)] for _ in range(3))
         return tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
 
-    for _ in range(250):
+    for _ in range(200):
         batch = [example() for _ in range(32)]
         length = max(map(len, batch))
         ids = torch.tensor([seq + [tokenizer.pad_token_id] * (length - len(seq)) for seq in batch])

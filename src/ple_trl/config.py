@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .device import check_vllm_mode, resolve_mixed_precision
 from .labeling import GAP_MODES, REWARD_TRANSFORMS, SFT_WEIGHTINGS
 from .losses import RANKING_LOSS_TYPES, REFERENCE_LOSS_TYPES
 from .principles import DEFAULT_TEMPLATE, PLACEMENTS
@@ -204,6 +205,8 @@ class PLEConfig(GRPOConfig):
 
     def __post_init__(self):
         self._check_ple_fields()
+        # TRL defaults to bf16, which fails on CPU-only machines and Ascend 910A: pick what the device supports.
+        self.bf16, self.fp16 = resolve_mixed_precision(self.bf16, self.fp16, use_cpu=self.use_cpu)
         # GRPOConfig counts completions and checks that a generation batch holds whole groups of `num_generations`
         # completions. PLE's unit is the pair (two completions), so present GRPO with completions for its checks,
         # then count pairs again.
@@ -217,6 +220,7 @@ class PLEConfig(GRPOConfig):
             for name in units:
                 if getattr(self, name) is not None:
                     setattr(self, name, getattr(self, name) // 2)
+        check_vllm_mode(self.vllm_mode, self.use_vllm, device_type=self.device.type)
         if self.ple_iterations is not None and self.steps_per_iteration is None:
             self.steps_per_iteration = max(1, self.max_steps // self.ple_iterations)
 

@@ -19,6 +19,7 @@ from trl.trainer.utils import add_fused_lm_head, create_model_from_path, disable
 from . import labeling, losses
 from .config import PLEConfig
 from .data import to_prompt_dataset
+from .device import apply_model_init_overrides
 from .principles import wrap
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ class PLETrainer(GRPOTrainer):
             # The reference is the initial policy: reload it from its path, or copy it before training touches it.
             ref_model = model if isinstance(model, str) else copy.deepcopy(model)
 
+        # Every multi-process run loads one full copy per process (TRL forces this only for multi-GPU and DeepSpeed).
+        args.model_init_kwargs = apply_model_init_overrides(args.model_init_kwargs, args.distributed_state)
         # GRPO builds its own reference (by reloading the policy from its name, which fails for in-memory models) when
         # beta > 0. PLE's reference is set up below instead.
         beta, args.beta = args.beta, 0.0
@@ -189,9 +192,9 @@ class PLETrainer(GRPOTrainer):
         self.num_generations = self.num_generations_eval = 1
 
         unwrapped = self.model.get_base_model() if is_peft_model(self.model) else self.model
-        if self.temperature != 1.0:
-            # GRPO scores completions at the sampling temperature; PLE's losses are on the model's own probabilities.
-            add_fused_lm_head(unwrapped, temperature=1.0, cast_lm_head_to_fp32=args.cast_lm_head_to_fp32)
+        # GRPO's fused LM head scores at the sampling temperature and computes the entropy on every call; PLE's losses
+        # are on the model's own probabilities and need no entropy, so the head is re-patched to log-probs only.
+        add_fused_lm_head(unwrapped, temperature=1.0, cast_lm_head_to_fp32=args.cast_lm_head_to_fp32)
         self.ref_model = self._prepare_reference(ref_model, args)
 
         if is_conversational({"prompt": first_row["prompt"]}):
@@ -214,8 +217,6 @@ class PLETrainer(GRPOTrainer):
         if isinstance(ref_model, str):
             init_kwargs = dict(args.model_init_kwargs or {})
             init_kwargs.setdefault("dtype", self.model.dtype)
-            if self.args.distributed_state.distributed_type != "NO":
-                init_kwargs["device_map"] = None
             ref_model = create_model_from_path(ref_model, **init_kwargs)
         ref_model.requires_grad_(False)
         if args.disable_dropout:
