@@ -86,7 +86,8 @@ class PLEScriptArguments(ScriptArguments):
             HH. By default the SFT dataset must already be in a format `SFTTrainer` reads (`text`, `messages` or
             `prompt`/`completion`).
         sft_steps (`int` or `None`, *optional*, defaults to `None`):
-            Optimizer steps of the SFT stage; `None` trains one epoch.
+            Optimizer steps of the SFT stage; `None` trains one epoch, `0` switches the stage off (e.g. to skip a
+            recipe's SFT stage from the command line).
         sft_learning_rate (`float`, *optional*, defaults to `2e-5`):
             Learning rate of the SFT stage.
         sft_max_length (`int`, *optional*, defaults to `512`):
@@ -142,7 +143,7 @@ class PLEScriptArguments(ScriptArguments):
         default=None, metadata={"help": "SFT column renamed to `text` (or `messages` for conversations)."}
     )
     sft_steps: int | None = field(
-        default=None, metadata={"help": "Optimizer steps of the SFT stage (None: one epoch)."}
+        default=None, metadata={"help": "Optimizer steps of the SFT stage (None: one epoch; 0: no SFT stage)."}
     )
     sft_learning_rate: float = field(default=2e-5, metadata={"help": "Learning rate of the SFT stage."})
     sft_max_length: int = field(default=512, metadata={"help": "Maximum tokenised length of an SFT example."})
@@ -151,11 +152,14 @@ class PLEScriptArguments(ScriptArguments):
     )
 
     def __post_init__(self):
-        for name in ("prompt_max_words", "max_train_samples", "sft_steps"):
+        for name in ("prompt_max_words", "max_train_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`--{name} {value}` must be >= 1 (or left unset).")
-        if self.sft_steps is not None and not self.has_sft_stage:
+        if self.sft_steps is not None and self.sft_steps < 0:
+            raise ValueError(f"`--sft_steps {self.sft_steps}` must be >= 0 (0 switches the SFT stage off).")
+        has_sft_dataset = self.sft_dataset_name is not None or bool(self.sft_dataset_data_files)
+        if self.sft_steps and not has_sft_dataset:
             raise ValueError(
                 f"`--sft_steps {self.sft_steps}` is set but there is no SFT dataset. Add `--sft_dataset_name` (or "
                 "`--sft_dataset_data_files`), or drop `--sft_steps`."
@@ -163,7 +167,8 @@ class PLEScriptArguments(ScriptArguments):
 
     @property
     def has_sft_stage(self) -> bool:
-        return self.sft_dataset_name is not None or bool(self.sft_dataset_data_files)
+        has_sft_dataset = self.sft_dataset_name is not None or bool(self.sft_dataset_data_files)
+        return has_sft_dataset and self.sft_steps != 0
 
 
 # --- rewards ---------------------------------------------------------------------------------------------------------

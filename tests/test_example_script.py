@@ -1,0 +1,167 @@
+"""`examples/scripts/ple.py` and the logic it shares with `ple-trl train` (`ple_trl.scripts.ple`): its help, the
+commands of its `Usage:` block, dataset loading from local files with column mapping, reward resolution, and one
+full-model run as a subprocess."""
+
+import ast
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+
+from ple_trl.scripts.ple import (
+    ClassifierReward,
+    PLEScriptArguments,
+    load_split,
+    parse_args,
+    prepare_prompt_dataset,
+    resolve_reward_funcs,
+    reward_funcs_registry,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "scripts" / "ple.py"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+
+
+def usage_commands():
+    """The bash commands of the script's docstring, line continuations joined."""
+    docstring = ast.get_docstring(ast.parse(SCRIPT.read_text()))
+    blocks = re.findall(r"```bash\n(.*?)```", docstring, flags=re.S)
+    return [shlex.split(block.replace("\\\n", " ")) for block in blocks]
+
+
+def test_help_lists_the_flags():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    for flag in [
+        "--model_name_or_path", "--dataset_name", "--dataset_data_files", "--prompt_column", "--chosen_column",
+        "--prompt_max_words", "--reward_model_name_or_path", "--reward_funcs", "--reward_classifier_name_or_path",
+        "--sft_dataset_name", "--sft_steps", "--use_peft", "--lora_target_modules", "--principle", "--tau0", "--alpha",
+    ]:  # fmt: skip
+        assert flag in result.stdout, flag
+
+
+def test_usage_block_commands_parse():
+    commands = usage_commands()
+    assert len(commands) >= 4
+    assert any("--use_peft" in command for command in commands)
+    assert any("--use_peft" not in command and "--config" not in command for command in commands)
+    launches = [command for command in commands if command[:2] == ["accelerate", "launch"]]
+    assert launches
+    assert launches[0][launches[0].index("--config_file") + 1] == "examples/accelerate_configs/multi_gpu.yaml"
+    assert (ROOT / "examples" / "accelerate_configs" / "multi_gpu.yaml").exists()
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the commands use paths relative to the repository
+    try:
+        for command in commands:
+            argv = command[command.index("examples/scripts/ple.py") + 1 :]
+            script_args, training_args, model_args = parse_args([*argv, "--bf16", "False"])
+            assert model_args.model_name_or_path is not None and training_args.output_dir
+            assert training_args.reward_model_name_or_path or script_args.reward_funcs or (
+                script_args.reward_classifier_name_or_path
+            )
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("extension", ["jsonl", "csv", "parquet"])
+def test_local_data_files_with_column_mapping(tmp_path, extension):
+    rows = {"question": ["tell me about your day", "write a review of the movie"], "id": [1, 2]}
+    path = str(tmp_path / f"prompts.{extension}")
+    dataset = Dataset.from_dict(rows)
+    {"jsonl": dataset.to_json, "csv": dataset.to_csv, "parquet": dataset.to_parquet}[extension](path)
+
+    loaded = load_split(path, "train")
+    args = PLEScriptArguments(prompt_column="question", prompt_max_words=3)
+    prepared = prepare_prompt_dataset(loaded, args)
+    assert prepared["prompt"] == ["tell me about", "write a review"]
+    assert "question" not in prepared.column_names and prepared["id"] == [1, 2]
+
+
+def test_data_files_name_their_splits(tmp_path):
+    for split in ("train", "test"):
+        Dataset.from_dict({"prompt": [f"{split} prompt"]}).to_json(str(tmp_path / f"{split}.jsonl"))
+    files = [f"train={tmp_path / 'train.jsonl'}", f"test={tmp_path / 'test.jsonl'}"]
+    assert load_split(None, "test", data_files=files)["prompt"] == ["test prompt"]
+    with pytest.raises(ValueError, match="'validation'"):
+        load_split(None, "validation", data_files=files)
+
+
+def test_bad_dataset_arguments_name_the_field(tmp_path):
+    path = str(tmp_path / "p.jsonl")
+    Dataset.from_dict({"text": ["a b c"]}).to_json(path)
+    with pytest.raises(ValueError, match=r"--prompt_column question.*\['text'\]"):
+        prepare_prompt_dataset(load_split(path, "train"), PLEScriptArguments(prompt_column="question"))
+    with pytest.raises(ValueError, match="prompt_end_marker"):
+        args = PLEScriptArguments(prompt_column="text", prompt_end_marker="Assistant:")
+        prepare_prompt_dataset(load_split(path, "train"), args)
+    (tmp_path / "p.txt").write_text("hello")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        load_split(str(tmp_path / "p.txt"), "train")
+    with pytest.raises(ValueError, match="--sft_steps 3.*--sft_dataset_name"):
+        PLEScriptArguments(sft_steps=3)
+
+
+def test_prompt_end_marker_keeps_the_whole_dialogue():
+    dataset = Dataset.from_dict(
+        {
+            "chosen": ["\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: I am fine"],
+            "rejected": ["\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: I am bad"],
+        }
+    )
+    prepared = prepare_prompt_dataset(dataset, PLEScriptArguments(prompt_end_marker="\n\nAssistant:"))
+    assert prepared["prompt"] == ["\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant:"]
+    assert set(prepared.column_names) == {"prompt"}
+
+
+def test_reward_funcs_resolution():
+    registry = reward_funcs_registry(max_completion_length=64)
+    assert {"vader_sentiment", "profanity_penalty", "think_format_reward", "get_soft_overlong_punishment"} <= set(
+        registry
+    )
+    assert "completion_text" not in registry  # a helper of ple_trl.rewards, not a reward
+    vader, path_func = resolve_reward_funcs(["vader_sentiment", "conftest.positivity_reward"])
+    assert vader(prompts=["Review:"], completions=["A wonderful, warm film."])[0] > 0
+    assert path_func(completions=["good good bad"]) == [pytest.approx(1 / 3)]
+    with pytest.raises(ValueError, match=r"--reward_funcs vadr.*vader_sentiment"):
+        resolve_reward_funcs(["vadr"])
+    with pytest.raises(ValueError, match="could not import"):
+        resolve_reward_funcs(["conftest.no_such_reward"])
+
+
+def test_classifier_reward_rejects_unknown_label(tiny_reward_model_path):
+    with pytest.raises(ValueError, match="reward_model_name_or_path"):
+        ClassifierReward(tiny_reward_model_path, label="0")(prompts=["a"], completions=["b"])
+    with pytest.raises(ValueError, match=r"reward_classifier_label='JOY'"):
+        ClassifierReward(tiny_reward_model_path, label="JOY")(prompts=["a"], completions=["b"])
+
+
+@pytest.mark.slow
+def test_script_trains_a_full_model_from_csv(tmp_path, tiny_model_path):
+    csv = tmp_path / "prompts.csv"
+    Dataset.from_dict({"question": ["tell me about your day", "write a review of the movie"] * 2}).to_csv(str(csv))
+    (tmp_path / "my_rewards.py").write_text(
+        "def has_good(completions, **kwargs):\n    return [float('good' in c) for c in completions]\n"
+    )
+    output_dir = tmp_path / "out"
+    command = [
+        sys.executable, str(SCRIPT),
+        "--model_name_or_path", tiny_model_path, "--dataset_name", str(csv), "--prompt_column", "question",
+        "--reward_funcs", "my_rewards.has_good", "--principle", "be positive",
+        "--output_dir", str(output_dir), "--max_steps", "1", "--per_device_train_batch_size", "2",
+        "--max_completion_length", "4", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+        "--bf16", "False", "--gradient_checkpointing", "False",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (output_dir / "model.safetensors").exists() and not (output_dir / "adapter_config.json").exists()
+    # The named reward (imported from the working directory) scored the answers, and PLE logged its round.
+    assert "'rewards/has_good/mean'" in result.stdout and "'ple/tau'" in result.stdout
+    assert "Model saved to" in result.stdout
