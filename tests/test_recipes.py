@@ -71,7 +71,9 @@ def tiny_classifier_path(tmp_path_factory):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_has_paper_settings(recipe):
-    script_args, training_args, model_args = parse_args([str(RECIPES_DIR / f"{recipe}.yaml"), "--bf16", "False"])
+    script_args, training_args, model_args = parse_args([str(RECIPES_DIR / f"{recipe}.yaml")])
+    # Precision is left to the device (bf16 where supported, fp32 on this CPU): no recipe forces bf16.
+    assert training_args.bf16 is False or training_args.distributed_state.device.type != "cpu"
     # Paper (confirmed): LoRA r=8, alpha=16, all linear modules; tau0=0.2, alpha=0.9.
     assert model_args.use_peft is True
     assert (model_args.lora_r, model_args.lora_alpha) == (8, 16)

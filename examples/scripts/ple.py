@@ -67,7 +67,8 @@ accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examp
     --output_dir imdb-ple
 ```
 
-On a CPU, add `--bf16 False` (TRL's configs default to bf16).
+Mixed precision follows the device (bf16 where supported, fp16 on Ascend 910A, fp32 on CPU) unless `--bf16` / `--fp16`
+are given.
 """
 
 from ple_trl.scripts.ple import main, make_parser, parse_args  # noqa: F401  (make_parser: TRL's script layout)
