@@ -53,18 +53,10 @@ def test_unknown_metric_name_is_refused_without_a_hub_lookup():
         load("rouge")
 
 
-def test_metric_sources_are_device_agnostic_and_share_one_reward_block():
-    sources = {}
+def test_metric_sources_are_device_agnostic():
     for name in list_metrics():
         with open(os.path.join(metric_path(name), f"{name}.py"), encoding="utf-8") as f:
-            sources[name] = f.read()
-        assert not re.search(r"\.cuda\(|torch\.cuda|[\"']cuda", sources[name]), name
-
-    def shared_block(text):
-        return text[text.index("# Shared reward scoring") : text.index("# End of the shared reward scoring block.")]
-
-    assert len(shared_block(sources["reward_score"])) > 1000
-    assert shared_block(sources["reward_score"]) == shared_block(sources["win_rate"])
+            assert not re.search(r"\.cuda\(|torch\.cuda|[\"']cuda", f.read()), name
 
 
 # ------------------------------------------------------------------------------------------------------ reward_score

@@ -9,7 +9,6 @@ import torch
 from accelerate.utils import gather_object, is_peft_model
 from datasets import IterableDataset
 from torch import nn
-from transformers import PreTrainedModel
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.models import prepare_deepspeed, prepare_fsdp

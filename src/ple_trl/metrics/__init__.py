@@ -17,8 +17,9 @@ Available metrics:
 - `bleu`: corpus BLEU computed with `sacrebleu.corpus_bleu`.
 - `perplexity`: perplexity of a local causal language model on texts.
 
-The metric scripts are self-contained (they import only `evaluate`, `datasets`, `torch`, `transformers`,
-`accelerate` and, for `bleu`, `sacrebleu`), so a copied folder also loads without `ple_trl` installed.
+The metric scripts import `evaluate`, `datasets`, `torch`, `transformers`, `accelerate` and, for `bleu`, `sacrebleu`;
+`reward_score` and `win_rate` share their reward scoring from `ple_trl.metrics._scoring`, so they need `ple_trl`
+installed (which loading them by `metric_path` implies).
 
 Example:
 
