@@ -78,3 +78,22 @@ def test_dataset_without_prompt_is_a_clear_error():
     assert dataset_format(["messages"]) == "messages"
     with pytest.raises(ValueError, match=r"no usable prompt: its columns are \['question'\]"):
         to_prompt_dataset(Dataset.from_dict({"question": ["q"]}))
+
+
+def test_truncate_pair_keeps_the_principle_prepended_to_a_text_prompt():
+    from ple_trl.principles import truncate_pair
+
+    plain, principled = [1, 2, 3, 4, 5, 6], [90, 91, 1, 2, 3, 4, 5, 6]
+    assert truncate_pair(plain, principled, 4) == ([3, 4, 5, 6], [90, 91, 3, 4, 5, 6])
+    assert truncate_pair(plain, principled, 6) == (plain, principled)  # short enough: untouched
+
+
+def test_truncate_pair_in_a_chat_template_cuts_the_same_query_tokens():
+    from ple_trl.principles import truncate_pair
+
+    # <user> q1 q2 q3 q4 </s> <assistant>  vs  <user> p1 p2 q1 q2 q3 q4 </s> <assistant>
+    plain, principled = [7, 1, 2, 3, 4, 8, 9], [7, 90, 91, 1, 2, 3, 4, 8, 9]
+    assert truncate_pair(plain, principled, 6) == ([1, 2, 3, 4, 8, 9], [90, 91, 1, 2, 3, 4, 8, 9])
+    assert truncate_pair(plain, principled, 4) == ([3, 4, 8, 9], [90, 91, 3, 4, 8, 9])
+    # a principle placed after the query survives too
+    assert truncate_pair([1, 2, 3], [1, 2, 3, 90], 2) == ([2, 3], [2, 3, 90])

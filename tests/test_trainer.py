@@ -393,3 +393,14 @@ def test_args_of_another_method_are_an_early_error(tmp_path, tiny_model_path, po
             model=tiny_model_path, reward_funcs=positivity, args=GRPOConfig(output_dir=str(tmp_path), bf16=False),
             train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         )  # fmt: skip
+
+
+def test_long_prompts_are_truncated_without_losing_the_principle(tmp_path, tiny_model_path, positivity):
+    trainer = PLETrainer(
+        model=tiny_model_path, reward_funcs=positivity, args=make_args(tmp_path, max_prompt_length=3),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )  # fmt: skip
+    prompt_ids, _, _ = trainer._tokenize_prompts([PROMPTS[0], "be positive and kind\n\n" + PROMPTS[0]])
+    tokenizer = trainer.processing_class
+    assert tokenizer.decode(prompt_ids[0]) == "the movie :"  # "write a review of the movie :", last 3 tokens
+    assert tokenizer.decode(prompt_ids[1]) == "be positive and kind the movie :"

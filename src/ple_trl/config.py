@@ -111,7 +111,8 @@ class PLEConfig(GRPOConfig):
 
     Parameters that control prompts and rewards:
         max_prompt_length (`int` or `None`, *optional*, defaults to `512`):
-            Prompts (plain and principled) longer than this are truncated from the left. `None` keeps them whole.
+            Plain prompts longer than this are truncated from the left; their principled versions lose the same query
+            tokens and keep their principle. `None` keeps them whole.
         reward_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
             Path or id of a sequence-classification reward model, added to the trainer's `reward_funcs`.
         reward_batch_size (`int` or `None`, *optional*, defaults to `None`):
@@ -183,7 +184,8 @@ class PLEConfig(GRPOConfig):
 
     # Parameters that control prompts and rewards
     max_prompt_length: int | None = field(
-        default=512, metadata={"help": "Prompts longer than this are truncated from the left."}
+        default=512,
+        metadata={"help": "Plain prompts longer than this are truncated from the left (principles are kept)."},
     )
     reward_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Path or id of a sequence-classification reward model."}

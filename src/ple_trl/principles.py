@@ -67,3 +67,38 @@ def wrap(prompt, principle: str, template: str = DEFAULT_TEMPLATE, placement: st
         "The conversation has no user message to add the principle to. Use `principle_placement='system'`, or give "
         "prompts that end with a user turn."
     )
+
+
+def truncate_pair(plain_ids: list[int], principled_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """
+    Truncate a plain prompt and its principle-guided version the same way, keeping the principle.
+
+    The plain prompt loses its first `len(plain_ids) - max_length` tokens (left truncation, as TRL does). The principled
+    prompt loses the *same* query tokens, not its own first tokens, which would cut the principle: the tokens both
+    prompts share at their start and at their end (the chat template's header, the query and the generation prompt)
+    are matched, and the principle in between is kept whole.
+
+    Args:
+        plain_ids (`list[int]`): token ids of the plain prompt.
+        principled_ids (`list[int]`): token ids of the principle-guided prompt.
+        max_length (`int`): the plain prompt's maximum length.
+
+    Returns:
+        `tuple[list[int], list[int]]`: the truncated plain and principled token ids.
+    """
+    plain_ids, principled_ids = list(plain_ids), list(principled_ids)
+    cut = len(plain_ids) - max_length
+    if cut <= 0:
+        return plain_ids, principled_ids
+    shortest = min(len(plain_ids), len(principled_ids))
+    prefix = 0
+    while prefix < shortest and plain_ids[prefix] == principled_ids[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < shortest - prefix and plain_ids[-1 - suffix] == principled_ids[-1 - suffix]:
+        suffix += 1
+    if cut <= prefix:  # only the shared start goes
+        return plain_ids[cut:], principled_ids[cut:]
+    tail = len(principled_ids) - suffix  # where the shared end starts in the principled prompt
+    dropped_from_end = max(0, cut - (len(plain_ids) - suffix))  # query tokens cut inside the shared end
+    return plain_ids[cut:], principled_ids[prefix:tail] + principled_ids[tail + dropped_from_end :]

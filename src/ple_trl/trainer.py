@@ -19,7 +19,7 @@ from . import labeling, losses
 from .config import PLEConfig
 from .data import to_prompt_dataset
 from .device import apply_model_init_overrides
-from .principles import wrap
+from .principles import truncate_pair, wrap
 
 logger = logging.getLogger(__name__)
 
@@ -254,9 +254,15 @@ class PLETrainer(GRPOTrainer):
         return self._principle_rng.choice(self.args.principles)
 
     def _tokenize_prompts(self, prompts):
+        # Called by `_generate` on PLE's pair layout: the plain prompts, then their principled versions, in order.
         prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
         if self.args.max_prompt_length is not None:
-            prompt_ids = [list(ids)[-self.args.max_prompt_length :] for ids in prompt_ids]
+            num_pairs = len(prompt_ids) // 2
+            pairs = [
+                truncate_pair(plain, principled, self.args.max_prompt_length)
+                for plain, principled in zip(prompt_ids[:num_pairs], prompt_ids[num_pairs:], strict=True)
+            ]
+            prompt_ids = [plain for plain, _ in pairs] + [principled for _, principled in pairs]
         return prompt_ids, images, multimodal_fields
 
     def _score(self, inputs, prompts, completions, completion_ids):
