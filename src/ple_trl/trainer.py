@@ -20,6 +20,7 @@ from .config import PLEConfig
 from .data import to_prompt_dataset
 from .device import apply_model_init_overrides
 from .principles import truncate_pair, wrap
+from .rewards.model import LeftTruncatingRewardModel, reward_model_max_length
 
 logger = logging.getLogger(__name__)
 
@@ -196,15 +197,20 @@ class PLETrainer(GRPOTrainer):
         add_fused_lm_head(unwrapped, temperature=1.0, cast_lm_head_to_fp32=args.cast_lm_head_to_fp32)
         self.ref_model = self._prepare_reference(ref_model, args)
 
-        if is_conversational({"prompt": first_row["prompt"]}):
-            for reward_func, reward_tokenizer in zip(self.reward_funcs, self.reward_processing_classes, strict=True):
-                if isinstance(reward_func, nn.Module) and getattr(reward_tokenizer, "chat_template", None) is None:
-                    name = reward_func.config._name_or_path
-                    raise ValueError(
-                        f"The reward model {name!r} has a tokenizer with no chat template, but the prompts are "
-                        "conversations, which must be rendered with it. Pass `reward_processing_classes=` with a "
-                        "tokenizer that has a `chat_template`, or set `tokenizer.chat_template` before passing it."
-                    )
+        conversational = is_conversational({"prompt": first_row["prompt"]})
+        for i, (reward_func, reward_tokenizer) in enumerate(zip(self.reward_funcs, self.reward_processing_classes)):
+            if not isinstance(reward_func, nn.Module):
+                continue
+            if conversational and getattr(reward_tokenizer, "chat_template", None) is None:
+                name = self.reward_func_names[i]
+                raise ValueError(
+                    f"The reward model {name!r} has a tokenizer with no chat template, but the prompts are "
+                    "conversations, which must be rendered with it. Pass `reward_processing_classes=` with a "
+                    "tokenizer that has a `chat_template`, or set `tokenizer.chat_template` before passing it."
+                )
+            max_length = reward_model_max_length(reward_tokenizer, reward_func)
+            if max_length is not None:  # long dialogues lose their start, never overflow the reward model
+                self.reward_funcs[i] = LeftTruncatingRewardModel(reward_func, max_length)
 
         self._principle_rng = random.Random(args.seed)
         self._skipped_pairs_total = 0

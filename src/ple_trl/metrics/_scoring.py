@@ -8,7 +8,7 @@ import torch
 from accelerate import PartialState
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-_NO_LIMIT = 1_000_000  # tokenizers without a length limit report a huge `model_max_length` (int(1e30))
+from ple_trl.rewards.model import reward_model_max_length
 
 
 def _preview(value, limit=80):
@@ -137,9 +137,7 @@ def _reward_model_scores(model, tokenizer, prompts, completions, batch_size, max
                 )
             texts.append(tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False))
     if max_length is None:
-        max_length = tokenizer.model_max_length
-        if max_length is None or max_length >= _NO_LIMIT:
-            max_length = getattr(model.config, "max_position_embeddings", None)
+        max_length = reward_model_max_length(tokenizer, model)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

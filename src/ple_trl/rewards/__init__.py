@@ -1,6 +1,13 @@
 """Reward sources beyond TRL's, in TRL's reward-function signature `f(prompts, completions, **kwargs) -> list[float]`."""
 
 from .lexicon import completion_text, profanity_penalty, vader_sentiment
+from .model import LeftTruncatingRewardModel, reward_model_max_length
 
 
-__all__ = ["completion_text", "profanity_penalty", "vader_sentiment"]
+__all__ = [
+    "LeftTruncatingRewardModel",
+    "completion_text",
+    "profanity_penalty",
+    "reward_model_max_length",
+    "vader_sentiment",
+]
