@@ -15,14 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import step_cost  # noqa: E402  (sets the offline environment first)
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
-
 
 PHASES = {
     "_generate": "phase: generate (tokenize + model.generate + decode)",

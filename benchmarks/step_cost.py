@@ -36,7 +36,6 @@ import time
 import traceback
 from pathlib import Path
 
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -47,10 +46,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_model import NEGATIVE_WORDS, POSITIVE_WORDS, build_tiny_llama  # noqa: E402
-
 
 PROMPTS = [
     "write a review of the movie :",

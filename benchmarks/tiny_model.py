@@ -9,7 +9,6 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-
 POSITIVE_WORDS = ["good", "great", "kind", "happy", "warm", "nice"]
 NEGATIVE_WORDS = ["bad", "awful", "sad", "cold", "rude", "ugly"]
 WORDS = POSITIVE_WORDS + NEGATIVE_WORDS + [

@@ -20,12 +20,67 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # The policy's word-level vocabulary. Positive and negative words let reward functions score answers by hand.
 POSITIVE_WORDS = ["good", "great", "kind", "happy", "warm", "nice"]
 NEGATIVE_WORDS = ["bad", "awful", "sad", "cold", "rude", "ugly"]
-WORDS = POSITIVE_WORDS + NEGATIVE_WORDS + [
-    "write", "a", "review", "of", "the", "movie", "film", "book", "song", "tell", "me", "about", "your", "day",
-    "be", "positive", "and", "answer", "is", "it", "was", "very", "i", "think", "so", "what", "how", "why",
-    "please", "short", "reply", "to", "this", "question", "hello", "friend", "story", "food", "city", "weather",
-    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", ":", ".", ",", "?", "!",
-]
+WORDS = (
+    POSITIVE_WORDS
+    + NEGATIVE_WORDS
+    + [
+        "write",
+        "a",
+        "review",
+        "of",
+        "the",
+        "movie",
+        "film",
+        "book",
+        "song",
+        "tell",
+        "me",
+        "about",
+        "your",
+        "day",
+        "be",
+        "positive",
+        "and",
+        "answer",
+        "is",
+        "it",
+        "was",
+        "very",
+        "i",
+        "think",
+        "so",
+        "what",
+        "how",
+        "why",
+        "please",
+        "short",
+        "reply",
+        "to",
+        "this",
+        "question",
+        "hello",
+        "friend",
+        "story",
+        "food",
+        "city",
+        "weather",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        ":",
+        ".",
+        ",",
+        "?",
+        "!",
+    ]
+)
 CHAT_TEMPLATE = (
     "{% for message in messages %}<{{ message['role'] }}> {{ message['content'] }} </s> {% endfor %}"
     "{% if add_generation_prompt %}<assistant> {% endif %}"

@@ -7,7 +7,6 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.utils import DistributedType
 
-
 CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "accelerate_configs"
 
 # file -> (distributed_type, num_processes, launcher flag set by `accelerate launch`, extra checks)

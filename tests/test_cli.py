@@ -76,14 +76,40 @@ def test_train_command_runs(tmp_path, tiny_model_path, tiny_reward_model_path):
     output_dir = tmp_path / "out"
     status = cli.main(
         [
-            "train", RECIPE,
-            "--model_name_or_path", tiny_model_path, "--dataset_name", str(data),
-            "--sft_steps", "0", "--reward_model_name_or_path", tiny_reward_model_path,
-            "--reward_funcs", "conftest.positivity_reward",
-            "--output_dir", str(output_dir), "--max_steps", "1", "--per_device_train_batch_size", "2",
-            "--max_completion_length", "4", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
-            "--dtype", "float32", "--bf16", "False", "--gradient_checkpointing", "False",
-            "--save_enhanced_labels", "True",
+            "train",
+            RECIPE,
+            "--model_name_or_path",
+            tiny_model_path,
+            "--dataset_name",
+            str(data),
+            "--sft_steps",
+            "0",
+            "--reward_model_name_or_path",
+            tiny_reward_model_path,
+            "--reward_funcs",
+            "conftest.positivity_reward",
+            "--output_dir",
+            str(output_dir),
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "2",
+            "--max_completion_length",
+            "4",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--dtype",
+            "float32",
+            "--bf16",
+            "False",
+            "--gradient_checkpointing",
+            "False",
+            "--save_enhanced_labels",
+            "True",
         ]  # fmt: skip
     )
     assert status == 0
@@ -119,9 +145,17 @@ def test_eval_two_models(tmp_path, capsys, tiny_model_path, second_model_path, t
     output = tmp_path / "results.json"
     status = cli.main(
         eval_args(
-            tiny_model_path, prompt_file, output,
-            "--model_b_name_or_path", second_model_path, "--reference_column", "completion",
-            "--reward_model_name_or_path", tiny_reward_model_path, "--reward_funcs", "conftest.positivity_reward",
+            tiny_model_path,
+            prompt_file,
+            output,
+            "--model_b_name_or_path",
+            second_model_path,
+            "--reference_column",
+            "completion",
+            "--reward_model_name_or_path",
+            tiny_reward_model_path,
+            "--reward_funcs",
+            "conftest.positivity_reward",
         )  # fmt: skip
     )
     assert status == 0

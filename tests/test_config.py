@@ -53,8 +53,14 @@ def test_bad_values_are_rejected_with_the_field_and_value(kwargs, message):
 
 
 @pytest.mark.parametrize(
-    "name,value", [("loss_type", "grpo"), ("epsilon", 0.3), ("scale_rewards", "batch"), ("entropy_coef", 0.1),
-                   ("vllm_importance_sampling_correction", True)]  # fmt: skip
+    "name,value",
+    [
+        ("loss_type", "grpo"),
+        ("epsilon", 0.3),
+        ("scale_rewards", "batch"),
+        ("entropy_coef", 0.1),
+        ("vllm_importance_sampling_correction", True),
+    ],  # fmt: skip
 )
 def test_grpo_only_knobs_are_rejected_not_ignored(name, value):
     with pytest.raises(ValueError, match=f"`{name}={value!r}` is a GRPO setting that PLE does not use"):

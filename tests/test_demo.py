@@ -14,7 +14,6 @@ from ple_trl import cli, demo_model, plotting
 from ple_trl.demo import DEMO_PRINCIPLE, format_table, load_demo_prompts
 from ple_trl.rewards import completion_text, profanity_penalty, vader_sentiment
 
-
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLE_METRICS = (
     "ple/tau", "ple/rank_fraction", "ple/reward_plain", "ple/reward_principled", "ple/reward_gap",
@@ -242,7 +241,9 @@ def demo_run(tiny_model_path, tmp_path_factory):
     with contextlib.redirect_stdout(stdout):
         status = cli.main(argv)
     assert demo is not None
-    return types.SimpleNamespace(out=out, status=status, stdout=stdout.getvalue(), threads_after=torch.get_num_threads())
+    return types.SimpleNamespace(
+        out=out, status=status, stdout=stdout.getvalue(), threads_after=torch.get_num_threads()
+    )
 
 
 def test_demo_writes_its_files(demo_run):
@@ -339,8 +340,14 @@ def test_plot_cli_redraws_the_figure_of_a_run(demo_run, tmp_path, capsys):
 
 def test_plot_run_from_a_state_file_and_its_errors(tmp_path):
     history = [
-        {"step": s, "ple/reward_plain": 0.1 * s, "ple/reward_principled": 0.5, "ple/tau": 0.2 * 0.9**s,
-         "ple/rank_fraction": 0.25, "loss": 1.0}  # fmt: skip
+        {
+            "step": s,
+            "ple/reward_plain": 0.1 * s,
+            "ple/reward_principled": 0.5,
+            "ple/tau": 0.2 * 0.9**s,
+            "ple/rank_fraction": 0.25,
+            "loss": 1.0,
+        }  # fmt: skip
         for s in range(1, 31)
     ] + [{"step": 30, "train_runtime": 10.0}]
     run = tmp_path / "run" / "checkpoint-30"

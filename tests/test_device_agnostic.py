@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PRAGMA = "# device-agnostic: ok"
 
 CUDA_PATTERNS = {
     "`.cuda(` (use `.to(device)`)": re.compile(r"\.cuda\s*\("),
-    "`torch.cuda` (use `torch.get_device_module(device.type)` or ple_trl.device)": re.compile(r"\btorch\s*\.\s*cuda\b"),
+    "`torch.cuda` (use `torch.get_device_module(device.type)` or ple_trl.device)": re.compile(
+        r"\btorch\s*\.\s*cuda\b"
+    ),
     "`from torch import cuda` / `from torch.cuda import ...`": re.compile(
         r"^\s*from\s+torch(\s+import\s+.*\bcuda\b|\.cuda\b)"
     ),
@@ -27,10 +28,8 @@ CUDA_PATTERNS = {
     "a hard-coded CUDA device (use `accelerator.device`)": re.compile(
         r"""(\bdevice\s*=\s*|torch\.device\s*\(\s*|\.to\s*\(\s*)(["'])cuda(:\d+)?\2"""
     ),
-    "`device_type=\"cuda\"` in autocast (use `device.type`)": re.compile(r"""device_type\s*=\s*(["'])cuda\1"""),
-    "a hard-coded NCCL backend (accelerate picks nccl/hccl/xccl/gloo)": re.compile(
-        r"""backend\s*=\s*(["'])nccl\1"""
-    ),
+    '`device_type="cuda"` in autocast (use `device.type`)': re.compile(r"""device_type\s*=\s*(["'])cuda\1"""),
+    "a hard-coded NCCL backend (accelerate picks nccl/hccl/xccl/gloo)": re.compile(r"""backend\s*=\s*(["'])nccl\1"""),
 }
 
 
@@ -105,12 +104,12 @@ def test_scanner_catches(snippet):
     "snippet",
     [
         "model.to(accelerator.device)",
-        'module = torch.get_device_module(device.type)',
+        "module = torch.get_device_module(device.type)",
         "# torch.cuda.empty_cache() would be CUDA-only\nx = 1",
         'def f():\n    """Unlike torch.cuda.max_memory_allocated, this works everywhere."""\n    return 1',
         'if device_type == "cuda":\n    pass',
-        'model.cuda()  # device-agnostic: ok (only reached behind an is_cuda_available() check)',
-        'torch.npu.empty_cache()',
+        "model.cuda()  # device-agnostic: ok (only reached behind an is_cuda_available() check)",
+        "torch.npu.empty_cache()",
     ],
 )
 def test_scanner_allows(snippet):

@@ -64,8 +64,10 @@ def test_usage_block_commands_parse():
             argv = command[command.index("examples/scripts/ple.py") + 1 :]
             script_args, training_args, model_args = parse_args(argv)
             assert model_args.model_name_or_path is not None and training_args.output_dir
-            assert training_args.reward_model_name_or_path or script_args.reward_funcs or (
-                script_args.reward_classifier_name_or_path
+            assert (
+                training_args.reward_model_name_or_path
+                or script_args.reward_funcs
+                or (script_args.reward_classifier_name_or_path)
             )
     finally:
         os.chdir(cwd)

@@ -94,7 +94,13 @@ def test_ple_loss_prefers_the_plain_answer_when_told():
 def test_ple_loss_with_no_valid_pair_is_zero_but_differentiable():
     logps = torch.tensor([-1.0], requires_grad=True)
     loss, _, _ = losses.ple_loss(
-        logps, logps, logps, logps, torch.tensor([False]), torch.tensor([True]), torch.tensor([math.nan]),
+        logps,
+        logps,
+        logps,
+        logps,
+        torch.tensor([False]),
+        torch.tensor([True]),
+        torch.tensor([math.nan]),
         torch.tensor([False]),
     )
     loss.backward()
@@ -106,8 +112,14 @@ def test_ple_loss_gradient_pushes_principled_up_and_plain_down_when_ranked():
     plain = torch.tensor([-3.0], requires_grad=True)
     principled = torch.tensor([-3.0], requires_grad=True)
     loss, _, _ = losses.ple_loss(
-        plain, principled, plain / 3, principled / 3, torch.tensor([True]), torch.tensor([True]),
-        torch.tensor([0.5]), torch.tensor([True]),
+        plain,
+        principled,
+        plain / 3,
+        principled / 3,
+        torch.tensor([True]),
+        torch.tensor([True]),
+        torch.tensor([0.5]),
+        torch.tensor([True]),
     )
     loss.backward()
     assert principled.grad.item() == pytest.approx(-0.5)

@@ -36,7 +36,9 @@ def principle_following_model(tmp_path_factory):
         if rng.random() < 0.5:  # principle-guided: always positive
             text = f"{PRINCIPLE}\n\n{prompt} " + " ".join(rng.choices(POSITIVE_WORDS, k=3))
         else:  # plain: a coin flip per word
-            text = f"{prompt} " + " ".join(rng.choice([POSITIVE_WORDS, NEGATIVE_WORDS])[rng.randrange(6)] for _ in range(3))
+            text = f"{prompt} " + " ".join(
+                rng.choice([POSITIVE_WORDS, NEGATIVE_WORDS])[rng.randrange(6)] for _ in range(3)
+            )
         return tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
 
     for _ in range(200):

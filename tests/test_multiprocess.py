@@ -22,7 +22,6 @@ import torch
 
 from ple_trl import labeling
 
-
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "ple_two_process.py"
 STEPS = 2
@@ -44,7 +43,9 @@ def _free_port():
 
 
 def _run(cmd, output_dir):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))
+    }
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
@@ -59,7 +60,9 @@ def _read_run(output_dir, num_processes):
         states[rank] = json.loads((output_dir / f"state_rank{rank}.json").read_text())
         history = json.loads((output_dir / f"log_rank{rank}.json").read_text())
         logs[rank] = {entry["step"]: entry for entry in history if "ple/tau" in entry}
-        rewards[rank] = [json.loads(line) for line in (output_dir / f"rewards_rank{rank}.jsonl").read_text().splitlines()]
+        rewards[rank] = [
+            json.loads(line) for line in (output_dir / f"rewards_rank{rank}.jsonl").read_text().splitlines()
+        ]
     return {"labels": labels, "logs": logs, "rewards": rewards, "states": states}
 
 
@@ -69,7 +72,15 @@ def runs(tmp_path_factory, tiny_model_path):
     one = tmp_path_factory.mktemp("one-process")
     _run(["nice", sys.executable, str(SCRIPT), *common, "--output_dir", str(one), "--pairs_per_device", "4"], one)
     two = tmp_path_factory.mktemp("two-processes")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+    ]
     _run(["nice", *torchrun, str(SCRIPT), *common, "--output_dir", str(two), "--pairs_per_device", "2"], two)
     return {"one": _read_run(one, 1), "two": _read_run(two, 2)}
 

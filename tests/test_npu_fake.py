@@ -25,7 +25,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-
 pytest_plugins = ["markers"]
 
 from ple_trl.device import (  # noqa: E402
@@ -36,7 +35,6 @@ from ple_trl.device import (  # noqa: E402
     peak_memory_bytes,
     resolve_mixed_precision,
 )
-
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -105,9 +103,7 @@ def run_scenario(fake_npu_path, body, **env):
     environment["PYTHONPATH"] = os.pathsep.join([str(fake_npu_path), str(SRC), environment.get("PYTHONPATH", "")])
     environment.update(env)
     code = PRELUDE + textwrap.dedent(body) + "\nprint('RESULT ' + json.dumps(out))\n"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=240
-    )
+    proc = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"scenario failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"no result printed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -263,7 +259,12 @@ out["trl_would_force"] = state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]
 
 def test_device_map_forced_to_none_for_multi_npu(fake_npu_path):
     result = run_scenario(
-        fake_npu_path, MULTI_NPU, LOCAL_RANK="0", RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+        fake_npu_path,
+        MULTI_NPU,
+        LOCAL_RANK="0",
+        RANK="0",
+        WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(29500 + os.getpid() % 1000),
     )
     assert result["distributed_type"] == "DistributedType.MULTI_NPU"

@@ -21,8 +21,12 @@ ALL_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 # What the paper's datasets need: hub id and the columns mapped onto PLE's formats.
 EXPECTED_DATA = {
-    "hh": {"dataset_name": "Anthropic/hh-rlhf", "chosen_column": "chosen", "rejected_column": "rejected",
-           "prompt_end_marker": "\n\nAssistant:"},
+    "hh": {
+        "dataset_name": "Anthropic/hh-rlhf",
+        "chosen_column": "chosen",
+        "rejected_column": "rejected",
+        "prompt_end_marker": "\n\nAssistant:",
+    },
     "imdb": {"dataset_name": "stanfordnlp/imdb", "prompt_column": "text", "prompt_max_words": 8},
     "tldr": {"dataset_name": "trl-lib/tldr", "prompt_column": "prompt"},
 }

@@ -290,7 +290,12 @@ def test_principled_prompt_reaches_generation_but_not_the_loss(tmp_path, tiny_mo
 
     trainer._generate = spy
     batch = trainer._generate_and_score_completions([{"prompt": PROMPTS[0]}, {"prompt": PROMPTS[1]}])
-    assert generated == [PROMPTS[0], PROMPTS[1], "be positive and kind\n\n" + PROMPTS[0], "be positive and kind\n\n" + PROMPTS[1]]
+    assert generated == [
+        PROMPTS[0],
+        PROMPTS[1],
+        "be positive and kind\n\n" + PROMPTS[0],
+        "be positive and kind\n\n" + PROMPTS[1],
+    ]
     tokenizer = trainer.processing_class
     loss_prompts = tokenizer.batch_decode(batch["prompt_ids"], skip_special_tokens=True)
     assert [p.strip() for p in loss_prompts] == [PROMPTS[0], PROMPTS[1]]
@@ -339,7 +344,9 @@ def test_dpo_script_runs_after_renaming_the_class(tmp_path, tiny_model_path, pos
 
 def test_no_reward_is_an_early_error(tmp_path, tiny_model_path):
     with pytest.raises(ValueError, match="reward_model_name_or_path"):
-        PLETrainer(model=tiny_model_path, args=make_args(tmp_path), train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+        PLETrainer(
+            model=tiny_model_path, args=make_args(tmp_path), train_dataset=Dataset.from_dict({"prompt": PROMPTS})
+        )
 
 
 def test_dataset_without_prompt_is_an_early_error(tmp_path, tiny_model_path, positivity):

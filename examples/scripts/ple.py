@@ -73,7 +73,6 @@ are given.
 
 from ple_trl.scripts.ple import main, make_parser, parse_args  # noqa: F401  (make_parser: TRL's script layout)
 
-
 if __name__ == "__main__":
     script_args, training_args, model_args = parse_args()
     main(script_args, training_args, model_args)

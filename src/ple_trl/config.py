@@ -134,7 +134,10 @@ class PLEConfig(GRPOConfig):
     )
     principle_placement: str = field(
         default="user",
-        metadata={"help": "For chat prompts: rewrite the last `user` turn, or add a `system` message.", "choices": PLACEMENTS},
+        metadata={
+            "help": "For chat prompts: rewrite the last `user` turn, or add a `system` message.",
+            "choices": PLACEMENTS,
+        },
     )
 
     # Parameters that control label enhancement
@@ -143,7 +146,10 @@ class PLEConfig(GRPOConfig):
     tau_min: float = field(default=0.0, metadata={"help": "Floor of the threshold."})
     iteration_unit: str = field(
         default="epoch",
-        metadata={"help": "One PLE iteration is an `epoch` or `steps_per_iteration` optimizer `steps`.", "choices": ITERATION_UNITS},
+        metadata={
+            "help": "One PLE iteration is an `epoch` or `steps_per_iteration` optimizer `steps`.",
+            "choices": ITERATION_UNITS,
+        },
     )
     steps_per_iteration: int | None = field(
         default=None, metadata={"help": "Optimizer steps per PLE iteration when `iteration_unit='steps'`."}
@@ -247,7 +253,9 @@ class PLEConfig(GRPOConfig):
                 "Both `principle` and `principles` are set. Use `principle` for a single principle or `principles` "
                 "for a set to draw from, not both."
             )
-        if self.principles is not None and (not self.principles or not all(isinstance(p, str) and p for p in self.principles)):
+        if self.principles is not None and (
+            not self.principles or not all(isinstance(p, str) and p for p in self.principles)
+        ):
             raise ValueError(f"`principles={self.principles!r}` must be a non-empty list of non-empty strings.")
         if "{prompt}" not in self.principle_template:
             raise ValueError(

@@ -32,7 +32,6 @@ import os
 import time
 from pathlib import Path
 
-
 DEMO_PRINCIPLE = (
     "Answer in a warm, positive and clean way: be kind and encouraging, and never use rude or offensive words."
 )
@@ -402,7 +401,9 @@ def _run_demo(
 
     t = time.perf_counter()
     if progress:
-        print(f"Measuring {len(heldout)} held-out prompts before training (plain and principle-guided) ...", flush=True)
+        print(
+            f"Measuring {len(heldout)} held-out prompts before training (plain and principle-guided) ...", flush=True
+        )
     before = measure(policy)
     timings["measure_before_s"] = time.perf_counter() - t
 

@@ -20,7 +20,6 @@ import os
 import shutil
 from pathlib import Path
 
-
 logger = logging.getLogger(__name__)
 
 DEMO_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -149,7 +148,9 @@ def resolve_demo_model(model: str | None = None, cache_dir=None) -> str:
     """
     if model is not None:
         if not isinstance(model, str) or not model.strip():
-            raise ValueError(f"`model={model!r}` must be a non-empty hub id or local path, or None for the demo model.")
+            raise ValueError(
+                f"`model={model!r}` must be a non-empty hub id or local path, or None for the demo model."
+            )
         return model
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = cache_dir / DEMO_MODEL_NAME

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -344,9 +343,7 @@ def check_vllm_mode(vllm_mode: str, use_vllm: bool, device_type: str | None = No
         device_type = accelerator_device_type()
     if device_type in ("cuda", "cpu"):
         return
-    extra = (
-        " On Ascend, install vllm-ascend and use vllm_mode='colocate'." if device_type == "npu" else ""
-    )
+    extra = " On Ascend, install vllm-ascend and use vllm_mode='colocate'." if device_type == "npu" else ""
     raise ValueError(
         f"vllm_mode='server' is not supported on {device_type} devices: the server's weight sync uses vLLM's NCCL "
         f"weight-transfer engine, which is CUDA-only. Set vllm_mode='colocate', or use_vllm=False to generate with "

@@ -16,7 +16,6 @@ import math
 import os
 from pathlib import Path
 
-
 CURVE_KEYS = ("ple/reward_plain", "ple/reward_principled", "ple/tau", "ple/rank_fraction")
 DEFAULT_FIGURE_NAME = "ple_curves.png"
 
@@ -28,7 +27,9 @@ def _find_state(run_dir) -> Path:
     state = run_dir / "trainer_state.json"
     if state.is_file():
         return state
-    checkpoints = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
+    checkpoints = sorted(
+        run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1])
+    )
     if checkpoints:
         return checkpoints[-1]
     raise FileNotFoundError(

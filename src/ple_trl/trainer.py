@@ -126,7 +126,9 @@ class PLETrainer(GRPOTrainer):
                 f"`args` is a {type(args).__name__}; PLETrainer needs a `PLEConfig`. Build one with the same fields, "
                 "e.g. `PLEConfig(**your_args.to_dict())` minus the fields of your former method."
             )
-        reward_funcs = [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
+        reward_funcs = (
+            [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
+        )
         if args.reward_model_name_or_path is not None:
             reward_funcs.append(args.reward_model_name_or_path)
             if reward_processing_classes is not None and not isinstance(reward_processing_classes, list):
@@ -313,7 +315,9 @@ class PLETrainer(GRPOTrainer):
 
         # Label enhancement on the rewards of every process, so every process takes the same decisions.
         tau = self.tau
-        transformed = labeling.transform_rewards(torch.stack([reward_plain, reward_principled]), self.args.reward_transform)
+        transformed = labeling.transform_rewards(
+            torch.stack([reward_plain, reward_principled]), self.args.reward_transform
+        )
         rank_mask, principled_preferred, valid = labeling.route_pairs(
             transformed[0], transformed[1], tau, self.args.gap_mode
         )
@@ -442,8 +446,14 @@ class PLETrainer(GRPOTrainer):
         if not self.accelerator.is_main_process:
             return
         columns = torch.stack(
-            [reward_plain, reward_principled, rank_mask.float(), principled_preferred.float(), weight_principled,
-             valid.float()]  # fmt: skip
+            [
+                reward_plain,
+                reward_principled,
+                rank_mask.float(),
+                principled_preferred.float(),
+                weight_principled,
+                valid.float(),
+            ]  # fmt: skip
         ).T.tolist()
         path = os.path.join(self.args.output_dir, "enhanced_labels.jsonl")
         os.makedirs(self.args.output_dir, exist_ok=True)

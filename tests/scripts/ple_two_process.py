@@ -21,7 +21,6 @@ import warnings
 
 from datasets import Dataset
 
-
 warnings.simplefilter("ignore", FutureWarning)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

@@ -35,7 +35,6 @@ Example:
 import os
 from typing import Any
 
-
 __all__ = ["METRICS_DIR", "list_metrics", "load", "metric_path"]
 
 METRICS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -53,8 +52,7 @@ def list_metrics() -> list[str]:
     return sorted(
         name
         for name in os.listdir(METRICS_DIR)
-        if not name.startswith(("_", "."))
-        and os.path.isfile(os.path.join(METRICS_DIR, name, f"{name}.py"))
+        if not name.startswith(("_", ".")) and os.path.isfile(os.path.join(METRICS_DIR, name, f"{name}.py"))
     )
 
 

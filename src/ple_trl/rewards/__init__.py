@@ -3,7 +3,6 @@
 from .lexicon import completion_text, profanity_penalty, vader_sentiment
 from .model import LeftTruncatingRewardModel, reward_model_max_length
 
-
 __all__ = [
     "LeftTruncatingRewardModel",
     "completion_text",

@@ -15,7 +15,6 @@ profanity_penalty(prompts=["Review the film."], completions=["A damn boring film
 
 from functools import lru_cache
 
-
 __all__ = ["completion_text", "profanity_penalty", "vader_sentiment"]
 
 

@@ -535,8 +535,10 @@ def prepare_prompt_dataset(dataset, script_args: PLEScriptArguments, max_samples
         },
     )
     if max_samples is not None:
-        dataset = dataset.take(max_samples) if not hasattr(dataset, "__len__") else dataset.select(
-            range(min(max_samples, len(dataset)))
+        dataset = (
+            dataset.take(max_samples)
+            if not hasattr(dataset, "__len__")
+            else dataset.select(range(min(max_samples, len(dataset))))
         )
     kind = dataset_format(_column_names(dataset))
     if script_args.prompt_end_marker is not None:

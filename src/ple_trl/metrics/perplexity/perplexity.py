@@ -14,7 +14,6 @@ import torch
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
 _CITATION = ""
 
 _DESCRIPTION = """\

@@ -11,7 +11,6 @@ from typing import Any, Callable, Optional
 import datasets
 import evaluate
 
-
 _CITATION = ""
 
 _DESCRIPTION = """\
@@ -83,8 +82,6 @@ from ple_trl.metrics._scoring import (
     _make_scorer,
 )
 
-
-
 _MESSAGES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
 
 
@@ -102,19 +99,15 @@ class RewardScore(evaluate.Metric):
         )
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Add a batch of inputs (`prompts` and `completions`) to the stack after checking them.
-        """
+        """Add a batch of inputs (`prompts` and `completions`) to the stack after checking them."""
         # Validate before `evaluate` encodes the batch: its own error for a format mismatch is a KeyError.
         if predictions is not None or references is not None:
-            raise ValueError(
-                "reward_score takes `prompts=` and `completions=`, not `predictions=`/`references=`."
-            )
+            raise ValueError("reward_score takes `prompts=` and `completions=`, not `predictions=`/`references=`.")
         _check_columns(prompts=kwargs.get("prompts"), completions=kwargs.get("completions"))
         return super().add_batch(**kwargs)
 
     def add(self, *, prediction=None, reference=None, **kwargs):
-        """Add one example (`prompts` and `completions`) to the stack after checking it.
-        """
+        """Add one example (`prompts` and `completions`) to the stack after checking it."""
         if prediction is not None or reference is not None:
             raise ValueError("reward_score takes `prompts=` and `completions=`, not `prediction=`/`reference=`.")
         _check_columns(prompts=[kwargs.get("prompts")], completions=[kwargs.get("completions")])

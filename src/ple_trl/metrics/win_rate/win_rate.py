@@ -12,7 +12,6 @@ from typing import Any, Callable, Optional
 import datasets
 import evaluate
 
-
 _CITATION = ""
 
 _DESCRIPTION = """\
@@ -101,8 +100,6 @@ from ple_trl.metrics._scoring import (
     _preview,
 )
 
-
-
 _MESSAGES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
 _WINNER_A, _WINNER_B = "a", "b"
 
@@ -136,8 +133,7 @@ class WinRate(evaluate.Metric):
         )
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Add a batch of inputs (`prompts`, `completions_a` and `completions_b`) to the stack after checking them.
-        """
+        """Add a batch of inputs (`prompts`, `completions_a` and `completions_b`) to the stack after checking them."""
         # Validate before `evaluate` encodes the batch: its own error for a format mismatch is a KeyError.
         if predictions is not None or references is not None:
             raise ValueError(
@@ -147,8 +143,7 @@ class WinRate(evaluate.Metric):
         return super().add_batch(**kwargs)
 
     def add(self, *, prediction=None, reference=None, **kwargs):
-        """Add one example (`prompts`, `completions_a` and `completions_b`) to the stack after checking it.
-        """
+        """Add one example (`prompts`, `completions_a` and `completions_b`) to the stack after checking it."""
         if prediction is not None or reference is not None:
             raise ValueError(
                 "win_rate takes `prompts=`, `completions_a=` and `completions_b=`, not `prediction=`/`reference=`."
