@@ -36,6 +36,76 @@ for _name in ("sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_pos", "ve
               "vespo_lambda_neg", "vllm_importance_sampling_mode", "vllm_importance_sampling_clip_min",
               "vllm_importance_sampling_clip_max", "vllm_importance_sampling_cap"):  # fmt: skip
     GRPO_ONLY_FIELDS[_name] = "it belongs to a GRPO loss variant that PLE does not use"
+for _name in ("ref_model_mixup_alpha", "ref_model_sync_steps"):
+    GRPO_ONLY_FIELDS[_name] = "it tunes `sync_ref_model`, and PLE's reference model is fixed"
+for _name in ("entropy_coef_min", "entropy_coef_max", "entropy_coef_delta", "entropy_target"):
+    GRPO_ONLY_FIELDS[_name] = "it tunes GRPO's adaptive entropy bonus, and PLE has no entropy bonus"
+GRPO_ONLY_FIELDS["max_tool_calling_iterations"] = (
+    "PLETrainer takes no `tools`, so there are no tool-calling rounds to bound"
+)
+
+# The ledger of every field `GRPOConfig` adds to `transformers.TrainingArguments` (the fields of `TrainingArguments`
+# itself are honoured by `transformers.Trainer`, which PLE inherits unchanged). Each field is in exactly one table:
+# `GRPO_FIELDS_HONOURED` (what PLE does with it), `GRPO_ONLY_FIELDS` above (refused: a non-default value is an error)
+# or `GRPO_FIELDS_IGNORED` (meaningless for pairs, accepted and documented). `tests/test_grpo_fields.py` fails when a
+# TRL release adds a field that none of them names, and `docs/grpo_config_fields.md` is the user-facing copy.
+_GENERATION = "sampling of both answers (plain and principle-guided), through GRPO's generation"
+_VLLM = "vLLM generation of both answers, through GRPO's vLLM backend (`use_vllm=True`)"
+GRPO_FIELDS_HONOURED = {
+    # model
+    "model_init_kwargs": "loading of the policy from a path, and of the reference (`beta > 0`) from a path",
+    "trust_remote_code": "loading of the policy, reference and reward models from a path",
+    "router_aux_loss_coef": "MoE policies: weight of the router load-balancing loss added to the PLE loss and logged "
+    "as `aux_loss`, as in GRPO (an error on a non-MoE model)",
+    "disable_dropout": "dropout off in the policy and in the reference model",
+    "cast_lm_head_to_fp32": "the LM head of the policy (and reference) computes PLE's log-probs in float32",
+    "beta": "reference anchor of the `dpo`/`ipo` ranking losses (`beta > 0` loads a reference model); with the "
+    "`sigmoid`/`hinge` losses, which have no reference term, `beta > 0` is an error",
+    # batching and data
+    "num_generations": "fixed at 2, one plain and one principle-guided answer per prompt; any other value is an error",
+    "max_completion_length": "maximum length in tokens of both answers",
+    "shuffle_dataset": "order of the prompts in each epoch (the training sampler shuffles with `seed`)",
+    "pad_to_multiple_of": "padding of the prompt and answer tensors of the pairs",
+    "generation_batch_size": "pairs (prompts) per generation round, as in GRPO but counted in pairs",
+    "steps_per_generation": "micro-steps trained on one generation round; a pair is never split across them",
+    "num_iterations": "passes over each generation round's pairs (routing and labels are computed once per round; "
+    "PLE's loss has no importance ratio, so passes after the first train on the same, slightly older pairs)",
+    # generation
+    "temperature": f"{_GENERATION}; PLE's losses use the model's untempered log-probs",
+    "top_p": _GENERATION,
+    "top_k": _GENERATION,
+    "min_p": _GENERATION,
+    "repetition_penalty": _GENERATION,
+    "generation_kwargs": _GENERATION,
+    "cache_implementation": _GENERATION,
+    "chat_template_kwargs": "rendering of chat prompts for generation and for reward models, as in GRPO",
+    "ds3_gather_for_generation": f"DeepSpeed ZeRO-3: {_GENERATION}",
+    "use_transformers_continuous_batching": f"{_GENERATION} (transformers continuous batching)",
+    "transformers_continuous_batching_config": f"{_GENERATION} (transformers continuous batching)",
+    "use_transformers_paged": "deprecated alias of `use_transformers_continuous_batching`, as in GRPO",
+    **{
+        name: _VLLM
+        for name in (
+            "use_vllm", "vllm_mode", "vllm_model_impl", "vllm_enable_sleep_mode", "vllm_structured_outputs_regex",
+            "vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_server_timeout", "vllm_group_port",
+            "vllm_gpu_memory_utilization", "vllm_max_model_length", "vllm_tensor_parallel_size",
+        )  # fmt: skip
+    },
+    # rewards
+    "reward_weights": "weights of the reward functions summed into the reward of each answer",
+    # logging
+    "log_completions": "PLE's completions table: prompt, plain and principled answers, both rewards, route, weight, tau "
+    "(printed, and written to `output_dir/completions/*.parquet` and wandb/trackio)",
+    "num_completions_to_print": "rows of PLE's completions table printed at each log",
+    "log_completions_hub_repo": "the Hub dataset to which the completions tables are pushed, as in GRPO",
+}
+# Accepted and without effect, because they have no meaning for PLE's pairs. Kept tiny: prefer honouring or refusing.
+GRPO_FIELDS_IGNORED = {
+    "log_multimodal": "PLE's completions table logs text only (prompt, both answers, rewards, route), so there are no "
+    "images to include or leave out",
+    "log_unique_prompts": "GRPO uses it to drop the `num_generations` repeats of a prompt from its completions table; "
+    "PLE's table has one row per pair, so a prompt is never repeated within a round",
+}
 
 
 @dataclass

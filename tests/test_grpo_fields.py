@@ -1,0 +1,145 @@
+"""The ledger of `GRPOConfig` fields: every field GRPO adds to `TrainingArguments` is honoured by PLE, refused with an
+error, or ignored on purpose (and documented), and none is left out when TRL adds one."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+from transformers import TrainingArguments
+from trl import GRPOConfig
+
+from ple_trl import PLEConfig, PLETrainer
+from ple_trl.config import GRPO_FIELDS_HONOURED, GRPO_FIELDS_IGNORED, GRPO_ONLY_FIELDS
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "grpo_config_fields.md"
+GRPO_FIELDS = {f.name: f for f in dataclasses.fields(GRPOConfig) if f.name not in {
+    t.name for t in dataclasses.fields(TrainingArguments)}}  # fmt: skip
+PLE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PLEConfig)}
+TABLES = {"honoured": GRPO_FIELDS_HONOURED, "refused": GRPO_ONLY_FIELDS, "ignored": GRPO_FIELDS_IGNORED}
+PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
+
+
+def make_args(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path), principle="be positive and kind", per_device_train_batch_size=2, max_steps=2,
+        max_completion_length=4, learning_rate=1e-2, logging_steps=1, bf16=False, gradient_checkpointing=False,
+        report_to="none", save_strategy="no", use_cpu=True, seed=0,
+    )  # fmt: skip
+    defaults.update(kwargs)
+    return PLEConfig(**defaults)
+
+
+def test_every_grpo_field_is_classified_exactly_once():
+    classified = [name for table in TABLES.values() for name in table]
+    unclassified = sorted(set(GRPO_FIELDS) - set(classified))
+    assert not unclassified, (
+        f"GRPOConfig fields that PLE neither honours, refuses nor ignores on purpose: {unclassified}. Add each to "
+        "GRPO_FIELDS_HONOURED, GRPO_ONLY_FIELDS or GRPO_FIELDS_IGNORED in src/ple_trl/config.py, and to "
+        "docs/grpo_config_fields.md."
+    )
+    assert sorted(set(classified) - set(GRPO_FIELDS)) == [], "classified fields that GRPOConfig no longer has"
+    duplicates = sorted({name for name in classified if classified.count(name) > 1})
+    assert duplicates == [], f"fields in more than one table: {duplicates}"
+    assert all(isinstance(text, str) and text for table in TABLES.values() for text in table.values())
+
+
+def non_default_value(name):
+    """A valid value of the field that differs from PLE's default."""
+    choices = {"loss_type": "grpo", "importance_sampling_level": "sequence", "scale_rewards": "batch",
+               "multi_objective_aggregation": "normalize_then_sum", "vllm_importance_sampling_mode": "token_truncate"}  # fmt: skip
+    if name in choices:
+        return choices[name]
+    default = PLE_DEFAULTS[name]
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, (int, float)):
+        return default + 1
+    if default is None:
+        annotation = str(GRPO_FIELDS[name].type)
+        if "float" in annotation:
+            return 0.5
+        if "int" in annotation:
+            return 3
+    raise AssertionError(f"no non-default value for {name}={default!r} ({GRPO_FIELDS[name].type}): add one here")
+
+
+@pytest.mark.parametrize("name", sorted(GRPO_ONLY_FIELDS))
+def test_refused_fields_raise_naming_the_field_and_the_reason(tmp_path, name):
+    value = non_default_value(name)
+    assert value != PLE_DEFAULTS[name]
+    with pytest.raises(ValueError, match=re.escape(f"`{name}={value!r}`")) as error:
+        make_args(tmp_path, **{name: value})
+    assert GRPO_ONLY_FIELDS[name] in str(error.value)
+
+
+def test_refused_fields_accept_their_default(tmp_path):
+    args = make_args(tmp_path, **{name: PLE_DEFAULTS[name] for name in GRPO_ONLY_FIELDS})
+    assert args.ref_model_sync_steps == GRPOConfig.ref_model_sync_steps
+
+
+def doc_sections():
+    sections, current = {}, None
+    for line in DOC.read_text().splitlines():
+        if line.startswith("## "):
+            current = re.match(r"## (\w+)", line).group(1).lower()
+            sections[current] = set()
+        elif current and line.startswith("| `"):
+            sections[current].add(line.split("`")[1])
+    return sections
+
+
+def test_the_doc_lists_every_field_in_its_table():
+    sections = doc_sections()
+    for kind, table in TABLES.items():
+        assert sections.get(kind) == set(table), kind
+
+
+def count_generation_rounds(trainer):
+    calls = []
+    generate = trainer._generate_and_score_completions
+
+    def spy(inputs):
+        calls.append(len(inputs))
+        return generate(inputs)
+
+    trainer._generate_and_score_completions = spy
+    return calls
+
+
+@pytest.mark.parametrize("num_iterations", [1, 2])
+def test_num_iterations_reuses_each_round(tmp_path, tiny_model_path, num_iterations):
+    """`num_iterations` passes over a round's pairs: 2 optimizer steps take 2 rounds, or 1 round trained twice."""
+
+    def by_position(completions, **kwargs):  # plain answers first, principled second
+        half = len(completions) // 2
+        return [0.0] * half + [1.0] * half
+
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=by_position,
+        args=make_args(tmp_path, num_iterations=num_iterations, max_completion_length=3, reward_weights=[2.0]),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    calls = count_generation_rounds(trainer)
+    trainer.train()
+    assert calls == [2] * (2 // num_iterations)  # 2 pairs per round
+    assert trainer.state.global_step == 2
+    history = trainer.state.log_history
+    # `reward_weights` scales the reward (1.0 -> 2.0); `max_completion_length` bounds every answer.
+    assert [entry["ple/reward_principled"] for entry in history if "ple/reward_principled" in entry][0] == 2.0
+    assert max(entry["completions/max_length"] for entry in history if "completions/max_length" in entry) == 3
+
+
+def test_shuffle_dataset_orders_the_prompts(tmp_path, tiny_model_path, positivity):
+    dataset = Dataset.from_dict({"prompt": [f"tell me about your day {i}" for i in range(8)]})
+    orders = {}
+    for shuffle in (False, True):
+        trainer = PLETrainer(
+            model=tiny_model_path, reward_funcs=positivity, train_dataset=dataset,
+            args=make_args(tmp_path / str(shuffle), shuffle_dataset=shuffle, per_device_train_batch_size=4),
+        )  # fmt: skip
+        orders[shuffle] = list(trainer._get_train_sampler())
+    assert orders[False] == list(range(8))
+    assert sorted(orders[True]) == list(range(8)) and orders[True] != list(range(8))
