@@ -47,8 +47,13 @@ def test_every_grpo_field_is_classified_exactly_once():
 
 def non_default_value(name):
     """A valid value of the field that differs from PLE's default."""
-    choices = {"loss_type": "grpo", "importance_sampling_level": "sequence", "scale_rewards": "batch",
-               "multi_objective_aggregation": "normalize_then_sum", "vllm_importance_sampling_mode": "token_truncate"}  # fmt: skip
+    choices = {
+        "loss_type": "grpo",
+        "importance_sampling_level": "sequence",
+        "scale_rewards": "batch",
+        "multi_objective_aggregation": "normalize_then_sum",
+        "vllm_importance_sampling_mode": "token_truncate",
+    }
     if name in choices:
         return choices[name]
     default = PLE_DEFAULTS[name]

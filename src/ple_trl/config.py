@@ -94,8 +94,8 @@ GRPO_FIELDS_HONOURED = {
     # rewards
     "reward_weights": "weights of the reward functions summed into the reward of each answer",
     # logging
-    "log_completions": "PLE's completions table: prompt, plain and principled answers, both rewards, route, weight, tau "
-    "(printed, and written to `output_dir/completions/*.parquet` and wandb/trackio)",
+    "log_completions": "PLE's completions table: prompt, plain and principled answers, both rewards, route, weight, "
+    "tau (printed, and written to `output_dir/completions/*.parquet` and wandb/trackio)",
     "num_completions_to_print": "rows of PLE's completions table printed at each log",
     "log_completions_hub_repo": "the Hub dataset to which the completions tables are pushed, as in GRPO",
 }

@@ -54,11 +54,25 @@ def load_curves(run_dir) -> dict[str, tuple[list[float], list[float]]]:
 
     Raises:
         `FileNotFoundError`: no `trainer_state.json` was found.
-        `ValueError`: the state has no PLE metric (not a PLE run, or `logging_steps` larger than the run).
+        `ValueError`: the file is not a `trainer_state.json` (not JSON, or no `log_history`), or the state has no PLE
+            metric (not a PLE run, or `logging_steps` larger than the run).
     """
     state_path = _find_state(run_dir)
-    with open(state_path) as f:
-        history = json.load(f).get("log_history", [])
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"`{state_path}` is not a `trainer_state.json`: it is not JSON ({error}). Pass a run's `output_dir`, a "
+            "checkpoint folder, or the `trainer_state.json` file that a run writes on each checkpoint save."
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
+        raise ValueError(
+            f"`{state_path}` is JSON but not a `trainer_state.json`: it has no `log_history` list. Pass a run's "
+            "`output_dir`, a checkpoint folder, or the `trainer_state.json` file that a run writes on each checkpoint "
+            "save."
+        )
+    history = state["log_history"]
     curves = {key: ([], []) for key in CURVE_KEYS}
     for entry in history:
         for key in CURVE_KEYS:

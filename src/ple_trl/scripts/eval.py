@@ -62,7 +62,8 @@ class EvalArguments:
         reward_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
             A reward model with one output.
         reward_funcs (`list[str]` or `None`, *optional*, defaults to `None`):
-            Named reward functions or dotted paths, as in `ple-trl train`.
+            Named reward functions, dotted import paths or local files (`my_rewards.py:my_reward`), as in
+            `ple-trl train`.
         reward_classifier_name_or_path (`str` or `None`, *optional*, defaults to `None`):
             A text classifier whose label probability is a reward, as in `ple-trl train`.
         reward_classifier_label (`str`, *optional*, defaults to `"POSITIVE"`):
@@ -104,7 +105,8 @@ class EvalArguments:
     seed: int = field(default=42, metadata={"help": "Seed for sampling."})
     reward_model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model (one output)."})
     reward_funcs: list[str] | None = field(
-        default=None, metadata={"help": "Named reward functions or dotted import paths."}
+        default=None,
+        metadata={"help": "Named reward functions, dotted import paths or local files (`my_rewards.py:my_reward`)."},
     )
     reward_classifier_name_or_path: str | None = field(
         default=None, metadata={"help": "Text classifier whose label probability is a reward."}

@@ -7,7 +7,8 @@ It is TRL's `grpo.py` / `dpo.py` script with what PLE users need on top:
 - columns are mapped onto PLE's formats (`--prompt_column text`, `--chosen_column`, ...) and text prompts can be cut to
   their first words (`--prompt_max_words 8`: IMDb's review prefixes);
 - rewards are a reward model (`--reward_model_name_or_path`, a [`PLEConfig`] field), named reward functions
-  (`--reward_funcs vader_sentiment think_format_reward my_module.my_reward`, see [`reward_funcs_registry`]) and/or a
+  (`--reward_funcs vader_sentiment think_format_reward my_package.my_reward my_rewards.py:my_reward`, see
+  [`reward_funcs_registry`] and [`load_reward_func`]) and/or a
   text classifier's label probability (`--reward_classifier_name_or_path lvwerra/distilbert-imdb`);
 - an optional SFT stage runs TRL's [`~trl.SFTTrainer`] on a separate dataset first (Algorithm 1, line 1:
   `--sft_dataset_name ... --sft_steps N`); PLE then starts from its output (a LoRA adapter is merged first).
@@ -17,7 +18,9 @@ argument); command-line values override the recipe's.
 """
 
 import argparse
+import hashlib
 import importlib
+import importlib.util
 import inspect
 import logging
 import os
@@ -64,7 +67,10 @@ class PLEScriptArguments(ScriptArguments):
 
     Parameters that control the rewards:
         reward_funcs (`list[str]` or `None`, *optional*, defaults to `None`):
-            Named reward functions (see [`reward_funcs_registry`]) or dotted import paths (`my_module.my_reward`).
+            Named reward functions (see [`reward_funcs_registry`]), dotted import paths of installed modules
+            (`my_package.my_module.my_reward`) or local files (`path/to/my_rewards.py:my_reward`). `sys.path` is never
+            changed, so a local file cannot shadow an installed package: a file in the current directory is loaded
+            only through the `file.py:function` form.
         reward_classifier_name_or_path (`str` or `None`, *optional*, defaults to `None`):
             A text classifier whose probability of `reward_classifier_label` is a reward (e.g. a sentiment classifier
             with two labels, which a `reward_model_name_or_path` cannot be: reward models have a single output).
@@ -120,7 +126,12 @@ class PLEScriptArguments(ScriptArguments):
     # Parameters that control the rewards
     reward_funcs: list[str] | None = field(
         default=None,
-        metadata={"help": "Named reward functions or dotted import paths (`my_module.my_reward`)."},
+        metadata={
+            "help": "Named reward functions, dotted import paths of installed modules "
+            "(`my_package.my_module.my_reward`) or local files (`path/to/my_rewards.py:my_reward`). The current "
+            "directory is not added to `sys.path`, so a local file cannot shadow an installed package; load local "
+            "files with the `file.py:function` form."
+        },
     )
     reward_classifier_name_or_path: str | None = field(
         default=None,
@@ -228,14 +239,81 @@ def reward_funcs_registry(max_completion_length: int | None = None) -> dict[str,
     return registry
 
 
+def load_reward_func(spec: str) -> Callable:
+    """
+    Import a reward function from a `--reward_funcs` spec that is not a registered name.
+
+    Two forms, neither of which changes `sys.path` (so a local file can never shadow an installed package, as it would
+    if the current directory were put first on `sys.path`):
+
+    - `package.module.function` (or `package.module:function`): imported through the normal import system, from the
+      installed packages and the existing `sys.path`;
+    - `path/to/file.py:function`: the file is loaded by its path (for a local file that is not an installed module).
+
+    Args:
+        spec (`str`):
+            `package.module.function`, `package.module:function` or `path/to/file.py:function`.
+
+    Returns:
+        `Callable`: the reward function.
+
+    Raises:
+        `ValueError`: the module, file or function cannot be found, or the object found is not callable.
+    """
+    target, separator, attribute = spec.rpartition(":")
+    if separator and target.endswith(".py"):
+        if not os.path.isfile(target):
+            raise ValueError(
+                f"`--reward_funcs {spec}`: the file {target!r} does not exist. Give the path of a .py file."
+            )
+        path = os.path.abspath(target)
+        # A stable name of its own, so that two specs of one file share one module and nothing installed is shadowed.
+        module_name = f"_ple_trl_reward_file_{hashlib.sha1(path.encode()).hexdigest()[:12]}"
+        module = sys.modules.get(module_name)
+        if module is None:
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module  # the file's own dataclasses and pickling look their module up here
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+        source = f"the file {target!r}"
+    elif separator or "." in spec:
+        module_path, attribute = (target, attribute) if separator else spec.rsplit(".", 1)
+        try:
+            module = importlib.import_module(module_path)
+        except ImportError as error:
+            local_file = os.path.join(*module_path.split(".")) + ".py"
+            hint = (
+                f"To load the local file {local_file!r}, pass `--reward_funcs {local_file}:{attribute}`."
+                if os.path.isfile(local_file)
+                else "Install the package that provides it, or pass a local file as `path/to/file.py:function`."
+            )
+            raise ValueError(
+                f"`--reward_funcs {spec}`: cannot import the module {module_path!r} ({error}). {hint}"
+            ) from None
+        source = f"the module {module_path!r} ({getattr(module, '__file__', None) or 'built in'})"
+    else:
+        raise ValueError(
+            f"`--reward_funcs {spec}` is neither a dotted import path (`package.module.function`) nor a file "
+            "(`path/to/file.py:function`)."
+        )
+    func = getattr(module, attribute, None)
+    if not callable(func):
+        raise ValueError(f"`--reward_funcs {spec}`: {source} has no function {attribute!r}.")
+    return func
+
+
 def resolve_reward_funcs(names: list[str] | None, max_completion_length: int | None = None) -> list[Callable]:
     """
     Turn `--reward_funcs` names into reward functions.
 
     Args:
         names (`list[str]` or `None`):
-            Names of [`reward_funcs_registry`] or dotted import paths (`package.module.function`, importable from the
-            current directory too).
+            Names of [`reward_funcs_registry`], dotted import paths (`package.module.function`, imported without
+            changing `sys.path`) or local files (`path/to/file.py:function`); see [`load_reward_func`].
         max_completion_length (`int` or `None`, *optional*, defaults to `None`):
             Passed to [`reward_funcs_registry`].
 
@@ -250,23 +328,13 @@ def resolve_reward_funcs(names: list[str] | None, max_completion_length: int | N
     for name in names or []:
         if name in registry:
             funcs.append(registry[name])
-            continue
-        if "." in name:
-            module_path, attribute = name.rsplit(".", 1)
-            if os.getcwd() not in sys.path:
-                sys.path.insert(0, os.getcwd())
-            try:
-                funcs.append(getattr(importlib.import_module(module_path), attribute))
-                continue
-            except (ImportError, AttributeError) as error:
-                raise ValueError(
-                    f"`--reward_funcs {name}`: could not import `{attribute}` from `{module_path}` ({error}). Check "
-                    "the dotted path, and that the module is importable from the current directory."
-                ) from None
-        raise ValueError(
-            f"`--reward_funcs {name}` is not a known reward function. Use one of {sorted(registry)}, or a dotted "
-            "import path such as `my_module.my_reward`."
-        )
+        elif "." in name or ":" in name:
+            funcs.append(load_reward_func(name))
+        else:
+            raise ValueError(
+                f"`--reward_funcs {name}` is not a known reward function. Use one of {sorted(registry)}, a dotted "
+                "import path such as `my_package.my_module.my_reward`, or a local file as `my_rewards.py:my_reward`."
+            )
     return funcs
 
 
@@ -408,6 +476,14 @@ def load_split(
         )
     if name is not None and os.path.isfile(name):
         name, data_files = None, [name, *(data_files or [])]
+    looks_local = name is not None and (
+        name.startswith(("/", "./", "../", "~", "\\")) or os.path.splitext(name)[1].lower() in DATA_FILE_FORMATS
+    )
+    if looks_local and not os.path.exists(os.path.expanduser(name)):
+        raise ValueError(
+            f"`--{argument} {name}`: the path {name!r} does not exist. Give an existing data file "
+            f"({', '.join(sorted(DATA_FILE_FORMATS))}), a folder saved with `save_to_disk`, or a Hub dataset id."
+        )
     if name is None:
         splits = _split_data_files(data_files, argument)
         if split not in splits:
