@@ -14,8 +14,8 @@ from ple_trl import PLEConfig, PLETrainer
 from ple_trl.config import GRPO_FIELDS_HONOURED, GRPO_FIELDS_IGNORED, GRPO_ONLY_FIELDS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "grpo_config_fields.md"
-GRPO_FIELDS = {f.name: f for f in dataclasses.fields(GRPOConfig) if f.name not in {
-    t.name for t in dataclasses.fields(TrainingArguments)}}  # fmt: skip
+TRAINING_ARGUMENTS = {f.name for f in dataclasses.fields(TrainingArguments)}
+GRPO_FIELDS = {f.name: f for f in dataclasses.fields(GRPOConfig) if f.name not in TRAINING_ARGUMENTS}
 PLE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PLEConfig)}
 TABLES = {"honoured": GRPO_FIELDS_HONOURED, "refused": GRPO_ONLY_FIELDS, "ignored": GRPO_FIELDS_IGNORED}
 PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]

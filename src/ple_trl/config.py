@@ -116,7 +116,9 @@ class PLEConfig(GRPOConfig):
     Everything of [`~trl.GRPOConfig`] that concerns the model, generation (`max_completion_length`, `temperature`,
     `top_p`, `use_vllm`, ...), reward functions (`reward_weights`) and training applies unchanged. GRPO's own loss knobs
     (`loss_type`, `epsilon`, `scale_rewards`, importance sampling, entropy) have no meaning in PLE: setting one to a
-    non-default value raises an error instead of being silently ignored.
+    non-default value raises an error instead of being silently ignored. `docs/grpo_config_fields.md` lists every
+    field of `GRPOConfig` with what PLE does with it (`GRPO_FIELDS_HONOURED`, `GRPO_ONLY_FIELDS`,
+    `GRPO_FIELDS_IGNORED` in this module).
 
     Batch semantics: `per_device_train_batch_size` counts **pairs**, i.e. prompts, as for a DPO user: each prompt gives a
     plain and a principle-guided answer. `generation_batch_size` (or `steps_per_generation`) counts pairs too; as in
