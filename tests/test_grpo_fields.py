@@ -148,3 +148,22 @@ def test_shuffle_dataset_orders_the_prompts(tmp_path, tiny_model_path, positivit
         orders[shuffle] = list(trainer._get_train_sampler())
     assert orders[False] == list(range(8))
     assert sorted(orders[True]) == list(range(8)) and orders[True] != list(range(8))
+
+
+def test_trust_remote_code_reaches_the_reference_loaded_from_a_path(tmp_path, tiny_model_path, positivity, monkeypatch):
+    import ple_trl.trainer as trainer_module
+
+    loads = []
+    create_model_from_path = trainer_module.create_model_from_path
+
+    def spy(path, **kwargs):
+        loads.append((path, kwargs))
+        return create_model_from_path(path, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "create_model_from_path", spy)
+    PLETrainer(
+        model=tiny_model_path, ref_model=tiny_model_path, reward_funcs=positivity,
+        args=make_args(tmp_path, trust_remote_code=True, beta=0.1, ranking_loss_type="dpo"),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )  # fmt: skip
+    assert [(path, kwargs.get("trust_remote_code")) for path, kwargs in loads] == [(tiny_model_path, True)]

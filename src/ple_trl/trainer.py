@@ -224,6 +224,7 @@ class PLETrainer(GRPOTrainer):
         if isinstance(ref_model, str):
             init_kwargs = dict(args.model_init_kwargs or {})
             init_kwargs.setdefault("dtype", self.model.dtype)
+            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)  # as GRPO loads the policy
             ref_model = create_model_from_path(ref_model, **init_kwargs)
         ref_model.requires_grad_(False)
         if args.disable_dropout:
