@@ -3,6 +3,7 @@ pair, a resumed run draws the same principles and sees the prompts in the same o
 checkpoint cut short by a full disk is reported as such and skipped on resume."""
 
 import errno
+import inspect
 import json
 import logging
 import os
@@ -13,6 +14,8 @@ import sys
 import pytest
 import torch
 from datasets import Dataset
+from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 import ple_trl
 from ple_trl import PLEConfig, PLETrainer
@@ -200,3 +203,13 @@ def test_resume_with_no_complete_checkpoint_starts_afresh(tmp_path, tiny_model_p
         trainer.train(resume_from_checkpoint=True)
     assert any("starts training from scratch" in r.getMessage() for r in caplog.records)
     assert trainer.state.global_step == 1
+
+
+def test_the_trl_and_transformers_internals_the_resume_relies_on():
+    # PLE rebuilds GRPO's sampler from its attributes, and wraps the checkpoint save and load hooks.
+    base = RepeatSampler(list(range(6)), mini_repeat_count=1, batch_size=2, repeat_count=3, shuffle=True, seed=5)
+    for name in ("data_source", "mini_repeat_count", "batch_size", "repeat_count", "shuffle", "seed", "generator"):
+        assert hasattr(base, name), f"RepeatSampler.{name} is gone: update PLETrainer._get_train_sampler"
+    assert list(inspect.signature(GRPOTrainer._save_checkpoint).parameters) == ["self", "model", "trial"]
+    assert list(inspect.signature(GRPOTrainer._load_optimizer_and_scheduler).parameters) == ["self", "checkpoint"]
+    assert list(inspect.signature(GRPOTrainer._get_train_sampler).parameters) == ["self", "dataset"]

@@ -118,6 +118,10 @@ class PLETrainer(GRPOTrainer):
     vLLM), buffering across gradient accumulation, DeepSpeed/FSDP and NPU support are inherited. It overrides the
     sampling (`_generate_and_score_completions`) and the loss (`_compute_loss`).
 
+    Logged metrics: PLE's `ple/*` (means over the logging window, except `ple/tau`, the threshold at the logged step)
+    and GRPO's reward metrics for pairs (`reward`, `reward_std`, `rewards/<function>/mean` and `/std`,
+    `frac_reward_zero_std`, reward functions' `log_metric` values). `log_completions=True` writes one row per pair.
+
     Example:
 
     ```python
