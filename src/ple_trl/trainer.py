@@ -609,7 +609,9 @@ class PLETrainer(GRPOTrainer):
             super().log(logs, start_time)
         finally:
             self.log_completions = log_completions
-        if self.log_completions and self.accelerator.is_main_process and self._completion_rows:
+        # The end-of-training summary repeats the last step, whose table is already written.
+        end_of_training = "train_runtime" in logs
+        if self.log_completions and self.accelerator.is_main_process and self._completion_rows and not end_of_training:
             self._write_completions()
 
     def _write_completions(self):
@@ -764,7 +766,10 @@ class PLETrainer(GRPOTrainer):
         if checkpoint is None:  # a fresh run: the log describes this run only
             os.remove(path)
             return
-        with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as f:
+        state_path = os.path.join(checkpoint, TRAINER_STATE_NAME)
+        if not os.path.isfile(state_path):
+            return  # not a checkpoint transformers can resume from: it raises its own error
+        with open(state_path) as f:
             resumed_step = json.load(f)["global_step"]
         kept, dropped = [], 0
         with open(path) as f:
