@@ -77,6 +77,8 @@ def test_resuming_a_finished_run_leaves_one_record_per_trained_pair(tmp_path, ti
     assert [record["step"] for record in first] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert len({record["principle"] for record in first}) > 1  # the principles are drawn, not fixed
 
+    with open(tmp_path / "enhanced_labels.jsonl", "a") as f:
+        f.write('{"step": 1, "tau": 0.2, "pro')  # a line cut short by a killed process
     make_trainer(tiny_model_path, positivity, tmp_path).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     # steps 2-3 were dropped and generated again: with the principle draws, prompt order and sampling restored, the
     # same records come back

@@ -619,8 +619,9 @@ class PLETrainer(GRPOTrainer):
 
         rows = list(self._completion_rows)
         step = self.state.global_step
-        if is_rich_available():
-            self._print_completions(rows[: self.num_completions_to_print or len(rows)], step)
+        shown = rows if self.num_completions_to_print is None else rows[: self.num_completions_to_print]
+        if is_rich_available() and shown:
+            self._print_completions(shown, step)
         frame = pd.DataFrame(rows)
         folder = os.path.join(self.args.output_dir, "completions")
         os.makedirs(folder, exist_ok=True)
@@ -771,13 +772,13 @@ class PLETrainer(GRPOTrainer):
             return  # not a checkpoint transformers can resume from: it raises its own error
         with open(state_path) as f:
             resumed_step = json.load(f)["global_step"]
-        kept, dropped = [], 0
+        kept, dropped, unreadable = [], 0, 0
         with open(path) as f:
             for line in f:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # a line cut by a killed process
-                    dropped += 1
+                    unreadable += 1
                     continue
                 if record["step"] < resumed_step:
                     kept.append(line if line.endswith("\n") else line + "\n")
@@ -791,6 +792,8 @@ class PLETrainer(GRPOTrainer):
                 f"Resuming from step {resumed_step}: dropped {dropped} record(s) of {path} written after that step; "
                 "their pairs are generated and trained again."
             )
+        if unreadable:
+            logger.warning(f"Dropped {unreadable} unreadable line(s) of {path} (cut short when the run stopped).")
 
     def _save_checkpoint(self, model, trial):
         folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
