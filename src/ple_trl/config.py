@@ -191,8 +191,13 @@ class PLEConfig(GRPOConfig):
             At most this many answers are scored in one reward call (bounds a reward model's memory). `None`: all the
             answers of the round at once.
         save_enhanced_labels (`bool`, *optional*, defaults to `False`):
-            Append every enhanced label (prompt, principle, both answers, both rewards, route, weights, tau, step) to
-            `{output_dir}/enhanced_labels.jsonl`.
+            Write every enhanced label (prompt, principle, both answers, both rewards, route, weights, tau, step) to
+            `{output_dir}/enhanced_labels.jsonl`, one record per trained pair: a fresh run starts a fresh file, a
+            resumed run drops the records generated after its checkpoint.
+
+    Logging: `ple/tau` is logged at the step (the threshold of the logging window's last generation round); the other
+    `ple/*` metrics, like GRPO's, are means over the window. `log_completions=True` writes PLE's completions table (one
+    row per pair: prompt, both answers, both rewards, route, weight, tau) instead of GRPO's.
     """
 
     # Parameters that control the principles
@@ -272,7 +277,7 @@ class PLEConfig(GRPOConfig):
         default=None, metadata={"help": "At most this many answers per reward call (None: the whole round)."}
     )
     save_enhanced_labels: bool = field(
-        default=False, metadata={"help": "Append every enhanced label to `{output_dir}/enhanced_labels.jsonl`."}
+        default=False, metadata={"help": "Write every enhanced label to `{output_dir}/enhanced_labels.jsonl`."}
     )
 
     # Overridden GRPO defaults

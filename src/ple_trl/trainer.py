@@ -1,19 +1,35 @@
 import copy
+import errno
 import json
 import logging
+import math
 import os
 import random
+import re
 import textwrap
+from collections import deque
 
 import torch
 from accelerate.utils import gather_object, is_peft_model
 from datasets import IterableDataset
 from torch import nn
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import is_rich_available
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import add_fused_lm_head, create_model_from_path, disable_dropout_in_model, pad, use_adapter
+from trl.trainer.utils import (
+    RepeatSampler,
+    add_fused_lm_head,
+    create_model_from_path,
+    disable_dropout_in_model,
+    nanstd,
+    pad,
+    strip_images_from_messages,
+    use_adapter,
+)
 
 from . import labeling, losses
 from .config import PLEConfig
@@ -25,6 +41,66 @@ from .rewards.model import LeftTruncatingRewardModel, reward_model_max_length
 logger = logging.getLogger(__name__)
 
 ROUTE_NAMES = {True: "rank", False: "wsft"}
+AUDIT_LOG_NAME = "enhanced_labels.jsonl"
+# PLE's own resumable state (the principle draws), saved in every checkpoint before transformers' trainer_state.json.
+PLE_STATE_NAME = "ple_state.json"
+# transformers writes trainer_state.json last when it saves a checkpoint: a checkpoint folder without it is incomplete.
+TRAINER_STATE_NAME = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# How a full disk shows up when the error is not a plain `OSError` (safetensors and torch.save wrap it).
+_DISK_FULL_MARKERS = ("no space left on device", "storagefull", "disk quota exceeded", "os error 28", "os error 122")
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """
+    TRL's `RepeatSampler` whose order in epoch `e` is a pure function of `(seed, e)`.
+
+    `RepeatSampler` draws each epoch's permutation from one generator seeded once, so a process resumed at epoch `e`
+    starts that generator afresh and replays epoch 0's order. Reseeding with `seed + epoch` at every pass makes a
+    resumed run see the prompts in the order the uninterrupted run saw them; epoch 0 keeps `RepeatSampler`'s order.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) + self.epoch)
+        return super().__iter__()
+
+
+class _SamplerEpochCallback(TrainerCallback):
+    # transformers and accelerate forward `set_epoch` to the sampler, except through the dataloader that skips the
+    # trained batches of a multi-process resume (its batch sampler hides ours); set the epoch here too.
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        sampler = getattr(self.trainer, "_ple_train_sampler", None)
+        if sampler is not None:
+            sampler.set_epoch(int(state.epoch or 0))
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(marker in str(error).lower() for marker in _DISK_FULL_MARKERS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _as_text(value) -> str:
+    if isinstance(value, list):  # a conversation
+        return "\n".join(f"{message.get('role', '')}: {message.get('content', '')}" for message in value)
+    return str(value)
 
 
 class PLETrainer(GRPOTrainer):
@@ -41,6 +117,10 @@ class PLETrainer(GRPOTrainer):
     `PLETrainer` is a [`~trl.GRPOTrainer`]: model loading, PEFT, reward models and functions, generation (transformers or
     vLLM), buffering across gradient accumulation, DeepSpeed/FSDP and NPU support are inherited. It overrides the
     sampling (`_generate_and_score_completions`) and the loss (`_compute_loss`).
+
+    Logged metrics: PLE's `ple/*` (means over the logging window, except `ple/tau`, the threshold at the logged step)
+    and GRPO's reward metrics for pairs (`reward`, `reward_std`, `rewards/<function>/mean` and `/std`,
+    `frac_reward_zero_std`, reward functions' `log_metric` values). `log_completions=True` writes one row per pair.
 
     Example:
 
@@ -217,6 +297,10 @@ class PLETrainer(GRPOTrainer):
         self._principle_rng = random.Random(args.seed)
         self._skipped_pairs_total = 0
         self._steps_per_epoch = None
+        # PLE's completions table: one row per pair of the latest generation round(s), like GRPO's `_logs`.
+        self._completion_rows = deque(maxlen=args.generation_batch_size)
+        self._ple_train_sampler = None
+        self.add_callback(_SamplerEpochCallback(self))
 
     def _prepare_reference(self, ref_model, args):
         if self.beta == 0 or ref_model is None:
@@ -309,8 +393,7 @@ class PLETrainer(GRPOTrainer):
         rewards, rewards_per_func = self._score(
             inputs + inputs, plain_prompts + plain_prompts, completions, completion_ids_list
         )
-        for name, mean in zip(self.reward_func_names, torch.nanmean(rewards_per_func, dim=0).tolist(), strict=True):
-            self._metrics[mode][f"rewards/{name}/mean"].append(mean)
+        extra_columns = self._log_rewards(mode, rewards, rewards_per_func, num_pairs)
         rewards = rewards.view(self.accelerator.num_processes, 2, num_pairs)
         reward_plain, reward_principled = rewards[:, 0].flatten(), rewards[:, 1].flatten()
 
@@ -334,6 +417,11 @@ class PLETrainer(GRPOTrainer):
             self._save_labels(
                 plain_prompts, principles, completions, reward_plain, reward_principled, rank_mask,
                 principled_preferred, weight_principled, valid, tau,
+            )  # fmt: skip
+        if self.log_completions:
+            self._add_completion_rows(
+                plain_prompts, principles, completions, reward_plain, reward_principled, rewards_per_func, rank_mask,
+                weight_principled, valid, tau, extra_columns,
             )  # fmt: skip
 
         local = slice(self.accelerator.process_index * num_pairs, (self.accelerator.process_index + 1) * num_pairs)
@@ -435,6 +523,149 @@ class PLETrainer(GRPOTrainer):
         ):
             metrics[f"ple/{name}"].append(value)
 
+    def _log_rewards(self, mode, rewards, rewards_per_func, num_pairs):
+        """GRPO's reward metrics for pairs, and the flush of what reward functions logged with `log_metric` and
+        `log_extra`. GRPO does this inside its sampling method, which PLE replaces: this is the pair version of that
+        block. Returns the `log_extra` columns as one `(plain, principled)` tuple per pair of every process."""
+        metrics = self._metrics[mode]
+        for i, name in enumerate(self.reward_func_names):
+            metrics[f"rewards/{name}/mean"].append(torch.nanmean(rewards_per_func[:, i]).item())
+            metrics[f"rewards/{name}/std"].append(nanstd(rewards_per_func[:, i]).item())
+        metrics["reward"].append(torch.nanmean(rewards).item())
+        metrics["reward_std"].append(nanstd(rewards).item())
+        # A pair is GRPO's group of two: its reward std is zero when both answers got the same reward.
+        pairs = rewards.view(self.accelerator.num_processes, 2, num_pairs)
+        plain, principled = pairs[:, 0].flatten(), pairs[:, 1].flatten()
+        scored = ~(torch.isnan(plain) | torch.isnan(principled))
+        same = torch.isclose(plain[scored], principled[scored]).float()
+        metrics["frac_reward_zero_std"].append(same.mean().item() if scored.any() else math.nan)
+
+        # Keys sorted so that every process gathers in the same order (as GRPO does).
+        extra_columns = {}
+        for column in sorted(set(gather_object(list(self._pending_extra_logs)))):
+            values = list(self._pending_extra_logs.get(column, []))
+            if len(values) != 2 * num_pairs:
+                logger.warning(
+                    f"`log_extra({column!r}, ...)` got {len(values)} values this round, but the reward functions "
+                    f"scored {2 * num_pairs} answers (one per answer is expected): the column is empty this round."
+                )
+                values = [None] * (2 * num_pairs)
+            extra_columns[column] = gather_object(list(zip(values[:num_pairs], values[num_pairs:], strict=True)))
+        self._pending_extra_logs.clear()
+        for name in sorted(set(gather_object(list(self._pending_metrics)))):
+            values = self._pending_metrics.get(name, [])
+            local = torch.tensor([sum(values), len(values)], dtype=torch.float32, device=self.accelerator.device)
+            total, count = self.accelerator.gather(local).view(-1, 2).sum(dim=0).tolist()
+            metrics[name].append(total / count)
+        self._pending_metrics.clear()
+        return extra_columns
+
+    def _add_completion_rows(self, prompts, principles, completions, reward_plain, reward_principled, rewards_per_func,
+                             rank_mask, weight_principled, valid, tau, extra_columns):  # fmt: skip
+        num_pairs = len(prompts)
+        texts = gather_object(
+            [
+                (prompt, principle, completions[i], completions[num_pairs + i])
+                for i, (prompt, principle) in enumerate(zip(prompts, principles, strict=True))
+            ]
+        )
+        if not self.accelerator.is_main_process:
+            return
+        columns = torch.stack(
+            [reward_plain, reward_principled, rank_mask.float(), weight_principled, valid.float()]
+        ).T.tolist()
+        per_func = rewards_per_func.view(self.accelerator.num_processes, 2, num_pairs, -1)
+        per_func_plain = per_func[:, 0].flatten(0, 1).tolist()
+        per_func_principled = per_func[:, 1].flatten(0, 1).tolist()
+        for j, ((prompt, principle, plain, principled), (r, r_p, rank, w_p, ok)) in enumerate(zip(texts, columns)):
+            row = {
+                "step": self.state.global_step,
+                "prompt": strip_images_from_messages(prompt),
+                "principle": principle,
+                "plain": strip_images_from_messages(plain),
+                "principled": strip_images_from_messages(principled),
+                "reward_plain": r if ok else None,
+                "reward_principled": r_p if ok else None,
+                "route": "skipped" if not ok else ROUTE_NAMES[bool(rank)],
+                "weight_principled": w_p if ok else None,
+                "tau": tau,
+            }
+            if len(self.reward_func_names) > 1:
+                for i, name in enumerate(self.reward_func_names):
+                    row[f"{name}_plain"] = per_func_plain[j][i]
+                    row[f"{name}_principled"] = per_func_principled[j][i]
+            for column, values in extra_columns.items():
+                row[f"{column}_plain"], row[f"{column}_principled"] = values[j]
+            self._completion_rows.append(row)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        # tau is a schedule, not a measurement: log its value at this step (the last round's), not the window's mean.
+        taus = self._metrics[mode].get("ple/tau")
+        if taus:
+            self._metrics[mode]["ple/tau"] = taus[-1:]
+        # GRPO's completions table (one completion, its advantage) has no meaning for pairs: PLE writes its own.
+        log_completions, self.log_completions = self.log_completions, False
+        try:
+            super().log(logs, start_time)
+        finally:
+            self.log_completions = log_completions
+        # The end-of-training summary repeats the last step, whose table is already written.
+        end_of_training = "train_runtime" in logs
+        if self.log_completions and self.accelerator.is_main_process and self._completion_rows and not end_of_training:
+            self._write_completions()
+
+    def _write_completions(self):
+        import pandas as pd
+
+        rows = list(self._completion_rows)
+        step = self.state.global_step
+        shown = rows if self.num_completions_to_print is None else rows[: self.num_completions_to_print]
+        if is_rich_available() and shown:
+            self._print_completions(shown, step)
+        frame = pd.DataFrame(rows)
+        folder = os.path.join(self.args.output_dir, "completions")
+        os.makedirs(folder, exist_ok=True)
+        frame.to_parquet(os.path.join(folder, f"completions_{step:05d}.parquet"))
+
+        report_to = self.args.report_to or []
+        backends = []
+        if "wandb" in report_to:
+            import wandb
+
+            if wandb.run is not None:
+                backends.append(wandb)
+        if "trackio" in report_to:
+            import trackio
+
+            backends.append(trackio)
+        if self.log_unique_prompts:
+            frame = frame[~frame["prompt"].astype(str).duplicated()]
+        for backend in backends:
+            backend.log({"completions": backend.Table(dataframe=frame)})
+
+    @staticmethod
+    def _print_completions(rows, step):
+        from rich.console import Console
+        from rich.panel import Panel
+        from rich.table import Table
+
+        table = Table(show_header=True, header_style="bold white", expand=True)
+        fixed = ("prompt", "principle", "plain", "principled", "reward_plain", "reward_principled", "route",
+                 "weight_principled", "tau")  # fmt: skip
+        extra = [key for key in rows[0] if key not in fixed and key != "step"]
+        for column in (*fixed, *extra):
+            numeric = column.startswith(("reward", "weight")) or column == "tau"
+            table.add_column(column, justify="right" if numeric else "left")
+        for row in rows:
+            cells = []
+            for column in (*fixed, *extra):
+                value = row.get(column)
+                cells.append(f"{value:.3f}" if isinstance(value, float) else _as_text(value))
+            table.add_row(*cells)
+            table.add_section()
+        Console().print(Panel(table, expand=False, title=f"Step {step}", border_style="bold white"))
+
     def _save_labels(self, prompts, principles, completions, reward_plain, reward_principled, rank_mask,
                      principled_preferred, weight_principled, valid, tau):  # fmt: skip
         num_pairs = len(prompts)
@@ -456,7 +687,7 @@ class PLETrainer(GRPOTrainer):
                 valid.float(),
             ]  # fmt: skip
         ).T.tolist()
-        path = os.path.join(self.args.output_dir, "enhanced_labels.jsonl")
+        path = os.path.join(self.args.output_dir, AUDIT_LOG_NAME)
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(path, "a") as f:
             for (prompt, principle, plain, principled), (r, r_p, rank, preferred, w_p, ok) in zip(texts, columns):
@@ -476,6 +707,131 @@ class PLETrainer(GRPOTrainer):
                     "weight_plain": 1 - w_p if ok else None,
                 }
                 f.write(json.dumps(record) + "\n")
+
+    # --- checkpoints and resume --------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, dataset=None):
+        # GRPO's sampler with GRPO's arguments, made to give each epoch the same order in a resumed run.
+        base = super()._get_train_sampler(dataset)
+        self._ple_train_sampler = EpochSeededRepeatSampler(
+            data_source=base.data_source,
+            mini_repeat_count=base.mini_repeat_count,
+            batch_size=base.batch_size,
+            repeat_count=base.repeat_count,
+            shuffle=base.shuffle,
+            seed=base.seed,
+        )
+        return self._ple_train_sampler
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """
+        [`~transformers.Trainer.train`], with two additions. `resume_from_checkpoint=True` resumes from the last
+        *complete* checkpoint of `output_dir` (one that an interrupted save, e.g. on a full disk, left incomplete is
+        skipped with a warning). With `save_enhanced_labels=True`, a fresh run starts a fresh audit log, and a resumed
+        run drops the records generated after its checkpoint (they are generated again), so the log holds exactly one
+        record per trained pair.
+        """
+        if isinstance(resume_from_checkpoint, bool) and resume_from_checkpoint:
+            resume_from_checkpoint = self._last_complete_checkpoint()
+        self._start_audit_log(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _last_complete_checkpoint(self):
+        output_dir = self.args.output_dir
+        names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+        checkpoints = sorted(
+            (int(match.group(1)), os.path.join(output_dir, name))
+            for name in names
+            if (match := _CHECKPOINT_RE.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+        )
+        if not checkpoints:
+            return True  # transformers raises its own "No valid checkpoint found" error
+        for _, checkpoint in reversed(checkpoints):
+            if os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME)):
+                return checkpoint
+            logger.warning(
+                f"Checkpoint {checkpoint} is incomplete (no {TRAINER_STATE_NAME}, which is written last: its save was "
+                "interrupted, e.g. by a full disk or a killed process), so it is skipped. Delete it once you no "
+                "longer need it."
+            )
+        logger.warning(
+            f"No complete checkpoint in {output_dir}: `resume_from_checkpoint=True` starts training from scratch."
+        )
+        return None
+
+    def _start_audit_log(self, checkpoint):
+        if not self.args.save_enhanced_labels or not self.accelerator.is_main_process or checkpoint is True:
+            return
+        path = os.path.join(self.args.output_dir, AUDIT_LOG_NAME)
+        if not os.path.exists(path):
+            return
+        if checkpoint is None:  # a fresh run: the log describes this run only
+            os.remove(path)
+            return
+        state_path = os.path.join(checkpoint, TRAINER_STATE_NAME)
+        if not os.path.isfile(state_path):
+            return  # not a checkpoint transformers can resume from: it raises its own error
+        with open(state_path) as f:
+            resumed_step = json.load(f)["global_step"]
+        kept, dropped, unreadable = [], 0, 0
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a killed process
+                    unreadable += 1
+                    continue
+                if record["step"] < resumed_step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+                else:
+                    dropped += 1
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+        if dropped:
+            logger.info(
+                f"Resuming from step {resumed_step}: dropped {dropped} record(s) of {path} written after that step; "
+                "their pairs are generated and trained again."
+            )
+        if unreadable:
+            logger.warning(f"Dropped {unreadable} unreadable line(s) of {path} (cut short when the run stopped).")
+
+    def _save_checkpoint(self, model, trial):
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        checkpoint = os.path.join(self._get_output_dir(trial=trial), folder)
+        try:
+            if self.args.should_save:
+                # Written before transformers' files, so that a checkpoint with trainer_state.json (written last) has
+                # it too.
+                os.makedirs(checkpoint, exist_ok=True)
+                version, internal, gauss_next = self._principle_rng.getstate()
+                with open(os.path.join(checkpoint, PLE_STATE_NAME), "w") as f:
+                    json.dump({"principle_rng_state": [version, list(internal), gauss_next]}, f)
+            super()._save_checkpoint(model, trial)
+        except Exception as error:
+            if _is_disk_full(error):
+                raise OSError(
+                    errno.ENOSPC,
+                    f"The disk is full: checkpoint {checkpoint} could not be written ({error}). That folder is "
+                    "incomplete: delete it, free disk space (or lower `save_total_limit`, save less often) and "
+                    "resume; `resume_from_checkpoint=True` skips an incomplete checkpoint.",
+                ) from error
+            raise
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, PLE_STATE_NAME)
+        if os.path.isfile(path):
+            with open(path) as f:
+                version, internal, gauss_next = json.load(f)["principle_rng_state"]
+            self._principle_rng.setstate((version, tuple(internal), gauss_next))
+        elif self.args.principles is not None:
+            logger.warning(
+                f"{checkpoint} has no {PLE_STATE_NAME} (saved by an older ple-trl): the principle draws restart from "
+                "`seed` instead of continuing where the run stopped."
+            )
 
     # --- loss ---------------------------------------------------------------------------------------------------
 
