@@ -1,0 +1,434 @@
+"""TRL's own GRPO trainer test cases, ported to PLETrainer (in our words, offline, on tiny models).
+
+Each case follows TRL's canonical trainer test: snapshot the trainable parameters, train a few steps, check that a
+loss was logged and that every trainable parameter changed; or, where a GRPO feature has no meaning for pairs, check
+that PLE refuses it with an error that names the setting. The Mixture-of-Experts and vision-language cases also check
+that the feature reaches the loss (router auxiliary loss, images), since training alone would not show a silent drop.
+"""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from PIL import Image
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    MixtralConfig,
+    MixtralForCausalLM,
+)
+from trl import GRPOTrainer
+
+from ple_trl import PLEConfig, PLETrainer
+from ple_trl.principles import wrap
+
+from conftest import POLICY_SPECIAL, WORDS, completion_text, make_policy_tokenizer, make_word_tokenizer
+
+PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
+CHAT_PROMPTS = [[{"role": "user", "content": p}] for p in PROMPTS]
+PRINCIPLE = "be positive and kind"
+
+
+def make_args(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path),
+        principle=PRINCIPLE,
+        per_device_train_batch_size=2,
+        max_completion_length=6,
+        max_steps=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+    )
+    defaults.update(kwargs)
+    return PLEConfig(**defaults)
+
+
+def word_count(completions, **kwargs):
+    return [float(len(completion_text(c).split())) for c in completions]
+
+
+def logged(trainer, key):
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+def snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def assert_trains(trainer, skip=()):
+    """TRL's canonical check: a finite loss is logged and every trainable parameter (bar `skip` substrings) moved."""
+    before = snapshot(trainer.model)
+    assert before
+    trainer.train()
+    losses = logged(trainer, "loss")
+    assert losses and all(math.isfinite(v) for v in losses)
+    unchanged = [
+        name
+        for name, param in trainer.model.named_parameters()
+        if name in before and not any(s in name for s in skip) and torch.equal(param, before[name])
+    ]
+    assert not unchanged, f"parameters that did not change: {unchanged}"
+
+
+# --- tiny Mixture-of-Experts and vision-language policies --------------------------------------------------------
+
+ROUTER_COEF = 0.01
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_path(tmp_path_factory):
+    """A 2-layer Mixtral with 4 experts (2 per token) and a router load-balancing coefficient."""
+    path = tmp_path_factory.mktemp("tiny-moe")
+    torch.manual_seed(0)
+    tokenizer = make_policy_tokenizer()
+    config = MixtralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        # Left False as in released MoE configs (True breaks `generate` with a cache in transformers 5.24); the
+        # trainer asks for the router logits in its own forward.
+        output_router_logits=False,
+        router_aux_loss_coef=ROUTER_COEF,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = MixtralForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+# Renders typed content (`{"type": "image"}` parts as the image token), as real VLM chat templates do.
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}<{{ message['role'] }}> "
+    "{% if message['content'] is string %}{{ message['content'] }} {% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image> {% elif part['type'] == 'text' %}{{ part['text'] }} {% endif %}"
+    "{% endfor %}{% endif %}</s> {% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+IMAGE_SIZE, PATCH_SIZE = 8, 4
+IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # LLaVA's "default" feature strategy drops the CLS token
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_path(tmp_path_factory):
+    """A LLaVA with a 1-layer CLIP vision tower on 8x8 images and a 2-layer Llama, with its processor."""
+    path = tmp_path_factory.mktemp("tiny-llava")
+    torch.manual_seed(0)
+    tokenizer = make_word_tokenizer(
+        POLICY_SPECIAL + ["<image>"], WORDS, "<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.add_tokens(["<image>"], special_tokens=True)  # matched before the whitespace split: "<image><image>"
+    tokenizer.padding_side = "left"
+    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=VLM_CHAT_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH_SIZE,
+            projection_dim=16,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def image_dataset(column="image"):
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    images = [Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), colour) for colour in colours]
+    if column == "images":
+        images = [[image] for image in images]
+    return Dataset.from_dict({"prompt": CHAT_PROMPTS, column: images})
+
+
+# --- Mixture of Experts (issue 9, item 4) ------------------------------------------------------------------------
+
+
+def test_training_moe_adds_and_logs_the_router_aux_loss(tmp_path, tiny_moe_path):
+    trainer = PLETrainer(
+        model=tiny_moe_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, max_steps=3),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    # As GRPO: the architecture's own coefficient when `router_aux_loss_coef` is left unset.
+    assert trainer.aux_loss_enabled and trainer.router_aux_loss_coef == ROUTER_COEF
+    # Experts that no token was routed to in 3 steps get no gradient: only the routers and shared weights must move.
+    assert_trains(trainer, skip=(".experts.",))
+    aux = logged(trainer, "aux_loss")
+    assert len(aux) == 3 and all(math.isfinite(v) and v > 0 for v in aux)
+
+
+def pair_aux_loss(model, batch):
+    """The router loss of the pair forward, computed by hand: [plain prompt + y ; plain prompt + y_p]."""
+    completion_ids = batch["completion_ids"].transpose(0, 1).flatten(0, 1)
+    completion_mask = batch["completion_mask"].transpose(0, 1).flatten(0, 1)
+    input_ids = torch.cat([batch["prompt_ids"].repeat(2, 1), completion_ids], dim=1)
+    attention_mask = torch.cat([batch["prompt_mask"].repeat(2, 1), completion_mask], dim=1)
+    return model(input_ids=input_ids, attention_mask=attention_mask, output_router_logits=True).aux_loss
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_moe_loss_is_ple_loss_plus_coef_times_aux_loss_over_grad_accumulation(tmp_path, tiny_moe_path, mode):
+    trainer = PLETrainer(
+        model=tiny_moe_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, router_aux_loss_coef=1.0, gradient_accumulation_steps=2),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    assert trainer.router_aux_loss_coef == 1.0
+    trainer.model.train(mode == "train")
+    trainer.current_gradient_accumulation_steps = 2
+    batch = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS[:2]])
+    with torch.no_grad():
+        with_aux = trainer._compute_loss(trainer.model, batch)
+        trainer.aux_loss_enabled = False
+        without_aux = trainer._compute_loss(trainer.model, batch)
+        aux = pair_aux_loss(trainer.model, batch)
+    assert aux > 0
+    normalizer = 2 if mode == "train" else 1  # scaled for gradient accumulation in training only, as GRPO
+    assert (with_aux - without_aux).item() == pytest.approx(aux.item() / normalizer, rel=1e-4)
+    assert logged_metric(trainer, mode, "aux_loss") == [pytest.approx(aux.item(), rel=1e-4)]
+
+
+def logged_metric(trainer, mode, key):
+    return list(trainer._metrics[mode][key])
+
+
+def test_router_aux_loss_coef_on_a_dense_model_is_refused(tmp_path, tiny_model_path):
+    with pytest.raises(ValueError, match="router_aux_loss_coef.*not a Mixture-of-Experts"):
+        PLETrainer(
+            model=tiny_model_path,
+            reward_funcs=word_count,
+            args=make_args(tmp_path, router_aux_loss_coef=0.1),
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        )
+
+
+def test_dense_model_computes_no_aux_loss(tmp_path, tiny_model_path):
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    assert not trainer.aux_loss_enabled
+    trainer.train()
+    assert logged(trainer, "aux_loss") == []
+
+
+# --- vision-language models (issue 9, item 5) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["image", "images"])
+def test_training_vlm_images_reach_generation_and_the_loss(tmp_path, tiny_vlm_path, column, monkeypatch):
+    trainer = PLETrainer(
+        model=tiny_vlm_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, max_steps=2, per_device_train_batch_size=2),
+        train_dataset=image_dataset(column),
+    )
+    assert trainer._is_vlm
+    generated, forwards = [], []
+    generate = trainer.model.generate
+
+    def spy_generate(*args, **kwargs):
+        generated.append((kwargs["input_ids"], kwargs.get("pixel_values")))
+        return generate(*args, **kwargs)
+
+    logps = trainer._get_per_token_logps_and_entropies
+
+    def spy_logps(model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        forwards.append((input_ids, kwargs.get("pixel_values"), kwargs.get("num_images")))
+        return logps(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "generate", spy_generate)
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", spy_logps)
+    # Every parameter moves, the vision tower's included, but CLIP's final layer norm, which LLaVA never uses (it takes
+    # the last hidden state before it; TRL's VLM tests skip it too).
+    assert_trains(trainer, skip=("post_layernorm",))
+
+    image_token = trainer.processing_class.tokenizer.convert_tokens_to_ids("<image>")
+    assert len(generated) == 2  # one generation round per step (GA 1, one pair batch per step)
+    for input_ids, pixel_values in generated:
+        # 2 pairs -> 4 prompts (plain, plain, principled, principled), each with its image.
+        assert input_ids.size(0) == 4 and pixel_values.size(0) == 4
+        assert ((input_ids == image_token).sum(dim=1) == IMAGE_TOKENS).all()
+        assert torch.equal(pixel_values[:2], pixel_values[2:])  # a principled prompt sees its plain prompt's image
+    assert len(forwards) == 2
+    for input_ids, pixel_values, num_images in forwards:
+        # One forward over [plain prompt + y ; plain prompt + y_p]: 4 rows, each with its pair's image.
+        assert input_ids.size(0) == 4 and pixel_values.size(0) == 4 and num_images == [1, 1, 1, 1]
+        assert ((input_ids == image_token).sum(dim=1) == IMAGE_TOKENS).all()
+        assert torch.equal(pixel_values[:2], pixel_values[2:])
+
+
+def test_vlm_pair_keeps_its_image_through_shuffling_and_grad_accumulation(tmp_path, tiny_vlm_path, monkeypatch):
+    # 4 pairs of distinct colours in one generation round, shuffled and split over 2 micro-steps: each micro-batch
+    # must carry the images of its own pairs. The prompt text names the colour, so the pairing can be checked.
+    colours = {"one": (255, 0, 0), "two": (0, 255, 0), "three": (0, 0, 255), "four": (255, 255, 0)}
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": f"what is {name} ?"}] for name in colours],
+            "image": [Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), c) for c in colours.values()],
+        }
+    )
+    trainer = PLETrainer(
+        model=tiny_vlm_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=2),
+        train_dataset=dataset,
+    )
+    expected = {}
+    processor = trainer.processing_class
+    for name, colour in colours.items():
+        pixels = processor.image_processor(Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), colour), return_tensors="pt")
+        expected[processor.tokenizer.convert_tokens_to_ids(name)] = pixels["pixel_values"][0]
+    seen = []
+    logps = trainer._get_per_token_logps_and_entropies
+
+    def spy_logps(model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        seen.append((input_ids, kwargs["pixel_values"]))
+        return logps(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", spy_logps)
+    trainer.train()
+    assert len(seen) == 2
+    rows = 0
+    for input_ids, pixel_values in seen:
+        for row, pixels in zip(input_ids, pixel_values, strict=True):
+            name_id = next(t for t in row.tolist() if t in expected)  # the prompt's, before any generated one
+            torch.testing.assert_close(pixels, expected[name_id])
+            rows += 1
+    assert rows == 8  # 4 pairs, two answers each
+
+
+def test_vlm_reference_forward_sees_the_images(tmp_path, tiny_vlm_path, monkeypatch):
+    trainer = PLETrainer(
+        model=tiny_vlm_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, max_steps=2, ranking_loss_type="dpo", beta=0.1),
+        train_dataset=image_dataset(),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    calls = []
+    logps = trainer._get_per_token_logps_and_entropies
+
+    def spy_logps(model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        calls.append(kwargs.get("pixel_values"))
+        return logps(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", spy_logps)
+    assert_trains(trainer)  # 2 steps: LoRA's A matrices get a gradient once B has left zero
+    assert len(calls) == 4  # per step: the reference (adapter disabled) at sampling, then the policy in the loss
+    assert all(pixel_values is not None and pixel_values.size(0) == 4 for pixel_values in calls)
+
+
+def test_vlm_with_plain_text_prompts_is_refused(tmp_path, tiny_vlm_path):
+    dataset = Dataset.from_dict({"prompt": PROMPTS, "image": image_dataset()["image"]})
+    with pytest.raises(ValueError, match="images but its prompts are plain text"):
+        PLETrainer(model=tiny_vlm_path, reward_funcs=word_count, args=make_args(tmp_path), train_dataset=dataset)
+
+
+def test_images_for_a_text_only_policy_are_refused(tmp_path, tiny_model_path):
+    with pytest.raises(ValueError, match="'image' column, but the policy's processing class"):
+        PLETrainer(
+            model=tiny_model_path, reward_funcs=word_count, args=make_args(tmp_path), train_dataset=image_dataset()
+        )
+
+
+def test_vlm_prompt_longer_than_max_prompt_length_is_refused(tmp_path, tiny_vlm_path):
+    trainer = PLETrainer(
+        model=tiny_vlm_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, max_prompt_length=3),
+        train_dataset=image_dataset(),
+    )
+    with pytest.raises(ValueError, match="max_prompt_length=3"):
+        trainer.train()
+
+
+def test_wrap_multimodal_content():
+    image = Image.new("RGB", (2, 2))
+    prompt = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "what ?"}]}]
+    principled = wrap(prompt, "be kind")
+    assert principled == [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "be kind\n\nwhat ?"}]}
+    ]
+    assert prompt[0]["content"][1]["text"] == "what ?"  # the input is not modified
+    # Several text parts: the template's text before the prompt goes first, after it goes last.
+    two_texts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]}]
+    assert wrap(two_texts, "P", "<{principle}> {prompt} </{principle}>")[0]["content"] == [
+        {"type": "text", "text": "<P> a"},
+        {"type": "image"},
+        {"type": "text", "text": "b </P>"},
+    ]
+    image_only = [{"role": "user", "content": [{"type": "image"}]}]
+    assert wrap(image_only, "be kind")[0]["content"] == [{"type": "image"}, {"type": "text", "text": "be kind"}]
+    # System placement: a typed system message gets a typed text part, an existing one gets the principle appended.
+    assert wrap(prompt, "be kind", placement="system")[0] == {
+        "role": "system",
+        "content": [{"type": "text", "text": "be kind"}],
+    }
+    with_system = [{"role": "system", "content": [{"type": "text", "text": "you help"}]}, *prompt]
+    assert wrap(with_system, "be kind", placement="system")[0]["content"] == [
+        {"type": "text", "text": "you help\n\nbe kind"}
+    ]
+    # String content is unchanged behaviour.
+    assert wrap([{"role": "user", "content": "hi"}], "P") == [{"role": "user", "content": "P\n\nhi"}]
