@@ -6,6 +6,7 @@ that PLE refuses it with an error that names the setting. The Mixture-of-Experts
 that the feature reaches the loss (router auxiliary loss, images), since training alone would not show a silent drop.
 """
 
+import inspect
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from PIL import Image
 from transformers import (
+    AutoModelForCausalLM,
     AutoTokenizer,
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -34,6 +36,10 @@ from conftest import POLICY_SPECIAL, WORDS, completion_text, make_policy_tokeniz
 PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
 CHAT_PROMPTS = [[{"role": "user", "content": p}] for p in PROMPTS]
 PRINCIPLE = "be positive and kind"
+
+
+def lora():
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
 def make_args(tmp_path, **kwargs):
@@ -80,6 +86,335 @@ def assert_trains(trainer, skip=()):
         if name in before and not any(s in name for s in skip) and torch.equal(param, before[name])
     ]
     assert not unchanged, f"parameters that did not change: {unchanged}"
+
+
+
+def count_rounds(trainer, monkeypatch):
+    """Count the generation rounds (calls of the sampling override) of a trainer."""
+    rounds = []
+    sample = trainer._generate_and_score_completions
+
+    def counted(inputs):
+        rounds.append(len(inputs))
+        return sample(inputs)
+
+    monkeypatch.setattr(trainer, "_generate_and_score_completions", counted)
+    return rounds
+
+
+def constant(value, name):
+    def reward(completions, **kwargs):
+        return [value] * len(completions)
+
+    reward.__name__ = name
+    return reward
+
+
+# --- TRL's GRPOTrainer test cases -----------------------------------------------------------------------------------
+
+
+def test_init_minimal(tmp_path, tiny_model_path, tiny_reward_model_path, monkeypatch):
+    # GRPO: model, reward model and dataset only. PLE also needs a principle: here from the dataset's column.
+    monkeypatch.chdir(tmp_path)  # the default output_dir is relative
+    dataset = Dataset.from_dict({"prompt": PROMPTS, "principle": [PRINCIPLE] * len(PROMPTS)})
+    trainer = PLETrainer(model=tiny_model_path, reward_funcs=tiny_reward_model_path, train_dataset=dataset)
+    assert isinstance(trainer, GRPOTrainer) and isinstance(trainer.args, PLEConfig)
+
+
+@pytest.mark.parametrize(
+    "prompts", [PROMPTS, CHAT_PROMPTS], ids=["standard_prompt_only", "conversational_prompt_only"]
+)
+def test_training(tmp_path, tiny_model_path, tiny_reward_model_path, prompts):
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=tiny_reward_model_path,
+        args=make_args(tmp_path),
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+    )
+    assert_trains(trainer)
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+
+
+@pytest.mark.parametrize("eval_on_start", [False, True])
+def test_training_with_eval(tmp_path, tiny_model_path, eval_on_start):
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=word_count,
+        args=make_args(
+            tmp_path, per_device_eval_batch_size=2, eval_strategy="steps", eval_steps=2, eval_on_start=eval_on_start
+        ),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        eval_dataset=Dataset.from_dict({"prompt": PROMPTS[:2]}),
+    )
+    assert_trains(trainer)
+    evaluations = logged(trainer, "eval_loss")
+    assert len(evaluations) == (2 if eval_on_start else 1) and all(math.isfinite(v) for v in evaluations)
+
+
+def test_training_multiple_iterations(tmp_path, tiny_model_path, monkeypatch):
+    # num_iterations=2: each generation round is trained on twice, so 2 steps need a single round.
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, num_iterations=2),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    rounds = count_rounds(trainer, monkeypatch)
+    assert_trains(trainer)
+    assert rounds == [2]
+
+
+@pytest.mark.parametrize(
+    "batching",
+    [{"steps_per_generation": 2}, {"generation_batch_size": 4}, {"gradient_accumulation_steps": 2}],
+    ids=["steps_per_generation", "generation_batch_size", "gradient_accumulation"],
+)
+def test_training_generation_batch_variants(tmp_path, tiny_model_path, monkeypatch, batching):
+    # 2 pairs per micro-step, 4 pairs per generation round: one round feeds the 2 micro-steps.
+    max_steps = 1 if "gradient_accumulation_steps" in batching else 2
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, max_steps=max_steps, **batching),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    rounds = count_rounds(trainer, monkeypatch)
+    assert_trains(trainer)
+    assert rounds == [4]
+
+
+def test_training_peft(tmp_path, tiny_model_path):
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        peft_config=lora(),
+    )
+    trainable = [name for name, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    assert_trains(trainer)
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "peft"])
+def test_training_with_gradient_checkpointing(tmp_path, tiny_model_path, peft):
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, gradient_checkpointing=True),
+        train_dataset=Dataset.from_dict({"prompt": CHAT_PROMPTS}),
+        peft_config=lora() if peft else None,
+    )
+    assert_trains(trainer)
+
+
+def test_training_beta_non_zero_with_peft(tmp_path, tiny_model_path):
+    # GRPO's KL test: in PLE the reference anchors the DPO ranking loss (the adapter-disabled model under PEFT).
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, ranking_loss_type="dpo", beta=0.1, routing="rank_all"),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        peft_config=lora(),
+    )
+    assert_trains(trainer)
+
+
+def test_training_different_reward_model(tmp_path, tiny_model_path, tiny_reward_model_path):
+    # The reward model has its own tokenizer (other ids, other chat template), passed explicitly.
+    reward_tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model_path)
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=tiny_reward_model_path,
+        args=make_args(tmp_path),
+        train_dataset=Dataset.from_dict({"prompt": CHAT_PROMPTS}),
+        reward_processing_classes=reward_tokenizer,
+    )
+    assert trainer.reward_processing_classes[0] is reward_tokenizer
+    assert_trains(trainer)
+
+
+def test_mismatched_reward_processing_classes_length_is_refused(tmp_path, tiny_model_path, tiny_reward_model_path):
+    reward_tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model_path)
+    with pytest.raises(ValueError, match=r"reward processing classes \(1\) must match the number of reward functions"):
+        PLETrainer(
+            model=tiny_model_path,
+            reward_funcs=[tiny_reward_model_path, tiny_reward_model_path],
+            args=make_args(tmp_path),
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+            reward_processing_classes=[reward_tokenizer],
+        )
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS, CHAT_PROMPTS], ids=["standard", "conversational"])
+def test_training_reward_func(tmp_path, tiny_model_path, prompts):
+    seen = []
+
+    def reward(prompts, completions, **kwargs):
+        seen.append((prompts, completions))
+        return word_count(completions)
+
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=reward,
+        args=make_args(tmp_path),
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+    )
+    assert_trains(trainer)
+    assert len(seen) == 2
+    for seen_prompts, completions in seen:
+        # 2 pairs: the plain answers then the principled ones, each scored against the plain prompt.
+        assert len(completions) == 4 and seen_prompts[:2] == seen_prompts[2:]
+        assert all(p in prompts for p in seen_prompts)
+        assert all(isinstance(c, list) == isinstance(prompts[0], list) for c in completions)
+
+
+def test_training_multiple_reward_funcs_with_weights(tmp_path, tiny_model_path):
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=[constant(1.0, "one"), constant(2.0, "two")],
+        args=make_args(tmp_path, reward_weights=[0.5, 2.0]),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    assert_trains(trainer)
+    assert logged(trainer, "rewards/one/mean") == [1.0, 1.0] and logged(trainer, "rewards/two/mean") == [2.0, 2.0]
+    assert logged(trainer, "ple/reward_plain") == [4.5, 4.5]  # 0.5 * 1 + 2 * 2
+    assert logged(trainer, "ple/reward_principled") == [4.5, 4.5]
+
+
+def test_training_multiple_reward_funcs_with_none_output(tmp_path, tiny_model_path):
+    # A function that returns None abstains: the pair is scored by the others (GRPO's nansum).
+    def abstains(completions, **kwargs):
+        return [None] * len(completions)
+
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=[abstains, constant(3.0, "three")],
+        args=make_args(tmp_path),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    assert_trains(trainer)
+    assert logged(trainer, "ple/reward_plain") == [3.0, 3.0]
+    assert logged(trainer, "ple/skipped_pairs") == [0.0, 0.0]
+
+
+def test_training_multiple_mixed_reward_funcs(tmp_path, tiny_model_path, tiny_reward_model_path):
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=[tiny_reward_model_path, word_count],
+        args=make_args(tmp_path),
+        train_dataset=Dataset.from_dict({"prompt": CHAT_PROMPTS}),
+    )
+    assert_trains(trainer)
+    assert len(logged(trainer, "rewards/word_count/mean")) == 2
+
+
+def test_training_reward_func_additional_column(tmp_path, tiny_model_path):
+    # Extra dataset columns reach the reward functions, repeated for the plain and the principled answer of a pair.
+    dataset = Dataset.from_dict({"prompt": PROMPTS, "some_values": [1.0, 2.0, 3.0, 4.0]})
+    seen = []
+
+    def reward(completions, some_values, **kwargs):
+        seen.append(list(some_values))
+        return list(some_values)
+
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=reward,
+        args=make_args(tmp_path, shuffle_dataset=False),
+        train_dataset=dataset,
+    )
+    assert_trains(trainer)
+    assert seen == [[1.0, 2.0, 1.0, 2.0], [3.0, 4.0, 3.0, 4.0]]
+    assert logged(trainer, "ple/reward_plain") == [1.5, 3.5]
+    assert logged(trainer, "ple/reward_gap") == [0.0, 0.0]
+
+
+def test_training_with_model_instance(tmp_path, tiny_model_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    trainer = PLETrainer(
+        model=model,
+        reward_funcs=word_count,
+        args=make_args(tmp_path),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
+    )
+    assert trainer.model is model
+    assert_trains(trainer)
+
+
+def test_training_with_generation_kwargs(tmp_path, tiny_model_path):
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=word_count,
+        args=make_args(
+            tmp_path,
+            temperature=0.7,
+            top_p=0.9,
+            top_k=5,
+            min_p=0.01,
+            repetition_penalty=1.1,
+            generation_kwargs={"no_repeat_ngram_size": 2},
+        ),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    assert trainer.generation_config.top_k == 5 and trainer.generation_config.no_repeat_ngram_size == 2
+    assert_trains(trainer)
+
+
+def test_training_with_disable_dropout(tmp_path, tiny_model_path):
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, disable_dropout=True),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    assert_trains(trainer)
+
+
+def test_training_with_log_completions(tmp_path, tiny_model_path):
+    # The table's content is PLE's own (issue 9, item 12); GRPO's case only asks that it runs.
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, log_completions=True, num_completions_to_print=2),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    assert_trains(trainer)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"sync_ref_model": True},
+        {"mask_truncated_completions": True},
+        {"loss_type": "grpo"},
+        {"scale_rewards": "batch"},
+        {"top_entropy_quantile": 0.2},
+        {"epsilon_high": 0.28},
+        {"importance_sampling_level": "sequence"},
+        {"num_generations_eval": 1},
+    ],
+    ids=lambda setting: next(iter(setting)),
+)
+def test_grpo_only_settings_are_refused(tmp_path, setting):
+    # GRPO test cases whose feature has no meaning for pairs: PLE refuses them by name instead of ignoring them.
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"`{name}=.*is a GRPO setting that PLE does not use"):
+        make_args(tmp_path, **setting)
+
+
+def test_num_generations_other_than_two_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="num_generations=3"):
+        make_args(tmp_path, num_generations=3)
+
+
+def test_grpo_private_methods_take_the_multimodal_and_moe_keywords_ple_passes():
+    # PLE forwards these to GRPO's forward helper; a TRL release that renames one must fail here, not mid-training.
+    parameters = inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters
+    for name in ("compute_aux_loss", "num_images", "pixel_values", "image_grid_thw", "pixel_attention_mask",
+                 "image_sizes", "image_position_ids", "token_type_ids", "mm_token_type_ids"):  # fmt: skip
+        assert name in parameters, name
 
 
 # --- tiny Mixture-of-Experts and vision-language policies --------------------------------------------------------
@@ -413,7 +748,8 @@ def test_wrap_multimodal_content():
     ]
     assert prompt[0]["content"][1]["text"] == "what ?"  # the input is not modified
     # Several text parts: the template's text before the prompt goes first, after it goes last.
-    two_texts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]}]
+    parts = [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]
+    two_texts = [{"role": "user", "content": parts}]
     assert wrap(two_texts, "P", "<{principle}> {prompt} </{principle}>")[0]["content"] == [
         {"type": "text", "text": "<P> a"},
         {"type": "image"},
