@@ -7,6 +7,7 @@ that the feature reaches the loss (router auxiliary loss, images), since trainin
 """
 
 import inspect
+import json
 import math
 
 import pytest
@@ -616,7 +617,7 @@ def test_training_vlm_images_reach_generation_and_the_loss(tmp_path, tiny_vlm_pa
     trainer = PLETrainer(
         model=tiny_vlm_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, max_steps=2, per_device_train_batch_size=2),
+        args=make_args(tmp_path, max_steps=2, per_device_train_batch_size=2, save_enhanced_labels=True),
         train_dataset=image_dataset(column),
     )
     assert trainer._is_vlm
@@ -652,6 +653,10 @@ def test_training_vlm_images_reach_generation_and_the_loss(tmp_path, tiny_vlm_pa
         assert input_ids.size(0) == 4 and pixel_values.size(0) == 4 and num_images == [1, 1, 1, 1]
         assert ((input_ids == image_token).sum(dim=1) == IMAGE_TOKENS).all()
         assert torch.equal(pixel_values[:2], pixel_values[2:])
+    # The audit log keeps the dataset's text prompt (no image objects in JSON): one record per trained pair.
+    with open(tmp_path / "enhanced_labels.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 4 and all(record["prompt"] in CHAT_PROMPTS for record in records)
 
 
 def test_vlm_pair_keeps_its_image_through_shuffling_and_grad_accumulation(tmp_path, tiny_vlm_path, monkeypatch):

@@ -84,7 +84,9 @@ class PLETrainer(GRPOTrainer):
             Configuration. `per_device_train_batch_size` counts pairs (prompts).
         train_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]):
             Prompt-only (`prompt`), SFT (`messages`) or preference (`prompt`/`chosen`/`rejected`, or implicit prompt)
-            data; only the prompts are used. An optional `principle` column overrides the configured principle.
+            data; only the prompts are used. An optional `principle` column overrides the configured principle. For a
+            vision-language policy, an `image` or `images` column (with conversational prompts) reaches generation
+            and the loss as in [`~trl.GRPOTrainer`]; both answers of a pair see the same images.
         eval_dataset ([`~datasets.Dataset`] or `dict[str, Dataset]`, *optional*):
             Same formats as `train_dataset`.
         processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
