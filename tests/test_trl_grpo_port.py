@@ -28,6 +28,12 @@ from transformers import (
     MixtralForCausalLM,
 )
 from trl import GRPOTrainer
+from trl.trainer.utils import (
+    shuffle_sequence_dict,
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
+)
 
 from ple_trl import PLEConfig, PLETrainer
 from ple_trl.principles import wrap
@@ -697,6 +703,37 @@ def test_vlm_pair_keeps_its_image_through_shuffling_and_grad_accumulation(tmp_pa
             torch.testing.assert_close(pixels, expected[name_id])
             rows += 1
     assert rows == 8  # 4 pairs, two answers each
+
+
+def test_grid_images_stay_with_their_pair_through_trl_shuffling_and_splitting():
+    # Qwen2-VL's layout (no tiny Qwen2-VL here: its processor needs torchvision): pixel rows per image are the product
+    # of its grid, so pairs have different row counts. TRL's buffering (split by grid, shuffle, split over micro-steps,
+    # unsplit) then PLE's pair forward kwargs must give every row of [plain ; principled] its own pair's images.
+    images_of_pair = [[0], [1, 2], [3], [4]]
+    grids = torch.tensor([[1, 2, 2], [1, 2, 4], [1, 4, 4], [1, 2, 2], [1, 4, 2]])
+    pixel_values = torch.cat([torch.full((int(rows), 3), float(i)) for i, rows in enumerate(grids.prod(-1))])
+    num_pairs, prompt_length, completion_length = 4, 5, 2
+    batch = {
+        "prompt_ids": torch.arange(num_pairs).unsqueeze(1).repeat(1, prompt_length),  # each row holds its pair's index
+        "completion_ids": torch.zeros(num_pairs, 2, completion_length, dtype=torch.long),
+        "pixel_values": pixel_values,
+        "image_grid_thw": grids,
+        "num_images": [len(images) for images in images_of_pair],
+        "mm_token_type_ids": torch.ones(num_pairs, prompt_length - 1, dtype=torch.long),  # one short of the prompt
+    }
+    torch.manual_seed(0)
+    chunks = split_tensor_dict(shuffle_sequence_dict(split_pixel_values_by_grid(batch)), 2)
+    for chunk in map(unsplit_pixel_values_by_grid, chunks):
+        kwargs = PLETrainer._pair_forward_kwargs(chunk, completion_length)
+        pairs = chunk["prompt_ids"][:, 0].tolist() * 2  # the forward's rows: plain answers, then principled ones
+        assert kwargs["num_images"] == [len(images_of_pair[p]) for p in pairs]
+        rows_per_image = kwargs["image_grid_thw"].prod(-1).tolist()
+        blocks = torch.split(kwargs["pixel_values"], rows_per_image)
+        image_ids = [int(block[0, 0]) for block in blocks]
+        assert all((block == block[0, 0]).all() for block in blocks)
+        assert image_ids == [i for p in pairs for i in images_of_pair[p]]
+        # Per-token ids: left-padded to the prompt, zeros over the answer, the same for both answers of a pair.
+        assert kwargs["mm_token_type_ids"].tolist() == [[0] + [1] * (prompt_length - 1) + [0] * completion_length] * 4
 
 
 def test_vlm_reference_forward_sees_the_images(tmp_path, tiny_vlm_path, monkeypatch):
