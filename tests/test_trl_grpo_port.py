@@ -17,6 +17,7 @@ from peft import LoraConfig
 from PIL import Image
 from transformers import (
     AutoModelForCausalLM,
+    AutoProcessor,
     AutoTokenizer,
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -755,6 +756,41 @@ def test_vlm_reference_forward_sees_the_images(tmp_path, tiny_vlm_path, monkeypa
     assert_trains(trainer)  # 2 steps: LoRA's A matrices get a gradient once B has left zero
     assert len(calls) == 4  # per step: the reference (adapter disabled) at sampling, then the policy in the loss
     assert all(pixel_values is not None and pixel_values.size(0) == 4 for pixel_values in calls)
+
+
+def test_vlm_evaluate_sees_the_images(tmp_path, tiny_vlm_path, monkeypatch):
+    trainer = PLETrainer(
+        model=tiny_vlm_path,
+        reward_funcs=word_count,
+        args=make_args(tmp_path, per_device_eval_batch_size=2),
+        train_dataset=image_dataset(),
+        eval_dataset=image_dataset("images"),
+    )
+    calls = []
+    logps = trainer._get_per_token_logps_and_entropies
+
+    def spy_logps(model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        calls.append(kwargs.get("num_images"))
+        return logps(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", spy_logps)
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"])
+    assert calls == [[1, 1, 1, 1], [1, 1, 1, 1]]  # 4 eval prompts in 2 batches of 2 pairs, one image per answer
+
+
+def test_tiled_image_families_are_refused(tmp_path, tiny_vlm_path):
+    # LFM2-VL/InternVL processors cut images into tiles, a layout the pair forward does not repeat: refused up front.
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_vlm_path)
+    model.config.model_type = "internvl"
+    with pytest.raises(ValueError, match="type 'internvl' cut images into tiles"):
+        PLETrainer(
+            model=model,
+            reward_funcs=word_count,
+            args=make_args(tmp_path),
+            train_dataset=image_dataset(),
+            processing_class=AutoProcessor.from_pretrained(tiny_vlm_path),
+        )
 
 
 def test_vlm_with_plain_text_prompts_is_refused(tmp_path, tiny_vlm_path):
