@@ -34,7 +34,9 @@ def wrap(prompt, principle: str, template: str = DEFAULT_TEMPLATE, placement: st
 
     Args:
         prompt (`str` or `list[dict]`):
-            A plain-text prompt, or a conversation (a list of `{"role", "content"}` messages).
+            A plain-text prompt, or a conversation (a list of `{"role", "content"}` messages). A message's content
+            may be a list of typed parts (multimodal conversations): the template then rewrites its text, and the
+            images stay in place.
         principle (`str`):
             The principle text.
         template (`str`, *optional*, defaults to `"{principle}\\n\\n{prompt}"`):
@@ -53,7 +55,9 @@ def wrap(prompt, principle: str, template: str = DEFAULT_TEMPLATE, placement: st
     messages = [dict(message) for message in prompt]
     if placement == "system":
         if messages and messages[0]["role"] == "system":
-            messages[0]["content"] = f"{messages[0]['content']}\n\n{principle}"
+            messages[0]["content"] = _wrap_content(messages[0]["content"], principle, "{prompt}\n\n{principle}")
+        elif any(isinstance(message.get("content"), list) for message in messages):  # typed (multimodal) content
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": principle}]})
         else:
             messages.insert(0, {"role": "system", "content": principle})
         return messages
@@ -61,12 +65,34 @@ def wrap(prompt, principle: str, template: str = DEFAULT_TEMPLATE, placement: st
         raise ValueError(f"Unknown `principle_placement={placement!r}`; use one of {PLACEMENTS}.")
     for message in reversed(messages):
         if message["role"] == "user":
-            message["content"] = template.format(principle=principle, prompt=message["content"])
+            message["content"] = _wrap_content(message["content"], principle, template)
             return messages
     raise ValueError(
         "The conversation has no user message to add the principle to. Use `principle_placement='system'`, or give "
         "prompts that end with a user turn."
     )
+
+
+def _wrap_content(content, principle, template):
+    # A message's content is a string, or a list of typed parts (`{"type": "text", "text": ...}`, image parts, ...) in
+    # multimodal conversations. The template applies to the text; the other parts stay where they are.
+    if isinstance(content, str):
+        return template.format(principle=principle, prompt=content)
+    parts = [dict(part) for part in content]
+    texts = [i for i, part in enumerate(parts) if part.get("type") == "text"]
+    if len(texts) == 1:
+        parts[texts[0]]["text"] = template.format(principle=principle, prompt=parts[texts[0]]["text"])
+        return parts
+    # No text part (an image-only turn) or several: what the template puts before the prompt goes in front of the
+    # first text, what it puts after goes behind the last one.
+    marker = "\x00prompt\x00"
+    before, _, after = template.format(principle=principle, prompt=marker).partition(marker)
+    after = after.replace(marker, "")
+    if not texts:
+        return parts + [{"type": "text", "text": (before + after).strip()}]
+    parts[texts[0]]["text"] = before + parts[texts[0]]["text"]
+    parts[texts[-1]]["text"] = parts[texts[-1]]["text"] + after
+    return parts
 
 
 def truncate_pair(plain_ids: list[int], principled_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:

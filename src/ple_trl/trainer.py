@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import is_rich_available
 from trl import GRPOTrainer
-from trl.data_utils import is_conversational
+from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import (
@@ -103,6 +103,25 @@ def _as_text(value) -> str:
     return str(value)
 
 
+# The processor outputs of vision-language models that the pair forward repeats for both answers of a pair.
+MULTIMODAL_FIELDS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_attention_mask",
+    "image_sizes",
+    "image_position_ids",
+    "token_type_ids",
+    "mm_token_type_ids",
+)
+# Vision-language families whose processor cuts an image into a variable number of tiles: not supported yet.
+TILED_MODEL_TYPES = ("lfm2_vl", "internvl")
+PLAIN_TEXT_IMAGES_ERROR = (
+    "The dataset has images but its prompts are plain text: multimodal training needs conversational prompts (e.g. "
+    "`[{'role': 'user', 'content': 'What is in the picture?'}]`) so that the processor can place the images. Do not "
+    "apply the chat template before passing the dataset."
+)
+
+
 class PLETrainer(GRPOTrainer):
     """
     Trainer for Progressively Label Enhancement (PLE), from [Progressively Label Enhancement for Large Language Model
@@ -147,7 +166,9 @@ class PLETrainer(GRPOTrainer):
             Configuration. `per_device_train_batch_size` counts pairs (prompts).
         train_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]):
             Prompt-only (`prompt`), SFT (`messages`) or preference (`prompt`/`chosen`/`rejected`, or implicit prompt)
-            data; only the prompts are used. An optional `principle` column overrides the configured principle.
+            data; only the prompts are used. An optional `principle` column overrides the configured principle. For a
+            vision-language policy, an `image` or `images` column (with conversational prompts) reaches generation
+            and the loss as in [`~trl.GRPOTrainer`]; both answers of a pair see the same images.
         eval_dataset ([`~datasets.Dataset`] or `dict[str, Dataset]`, *optional*):
             Same formats as `train_dataset`.
         processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
@@ -301,6 +322,32 @@ class PLETrainer(GRPOTrainer):
         self._completion_rows = deque(maxlen=args.generation_batch_size)
         self._ple_train_sampler = None
         self.add_callback(_SamplerEpochCallback(self))
+        self._check_images(train_dataset, eval_dataset)
+
+    def _check_images(self, train_dataset, eval_dataset):
+        # Images are refused here, before training, where PLE cannot give them to the policy.
+        datasets = [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]
+        for dataset in datasets:
+            if dataset is None:
+                continue
+            columns = dataset.column_names or list(next(iter(dataset)).keys())
+            image_columns = [c for c in ("image", "images") if c in columns]
+            if not image_columns:
+                continue
+            if not self._is_vlm:
+                raise ValueError(
+                    f"The dataset has an {image_columns[0]!r} column, but the policy's processing class is a "
+                    f"{type(self.processing_class).__name__}, not a processor: the images could never reach the "
+                    "model. Pass a vision-language model (its processor is loaded with it), or remove the column."
+                )
+            model_type = self.accelerator.unwrap_model(self.model).config.model_type
+            if model_type in TILED_MODEL_TYPES:
+                raise ValueError(
+                    f"Vision-language models of type {model_type!r} cut images into tiles, which PLE's pair layout "
+                    "does not support. Use a model with one pixel block per image (e.g. LLaVA, Qwen2-VL, Gemma 3)."
+                )
+            if not is_conversational({"prompt": next(iter(dataset))["prompt"]}):
+                raise ValueError(PLAIN_TEXT_IMAGES_ERROR)
 
     def _prepare_reference(self, ref_model, args):
         if self.beta == 0 or ref_model is None:
@@ -351,6 +398,14 @@ class PLETrainer(GRPOTrainer):
         prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
         if self.args.max_prompt_length is not None:
             num_pairs = len(prompt_ids) // 2
+            longest = max(len(ids) for ids in prompt_ids[:num_pairs])
+            if images is not None and longest > self.args.max_prompt_length:
+                # Cutting a multimodal prompt would cut image tokens, which must match the image features.
+                raise ValueError(
+                    f"A prompt with images has {longest} tokens (image tokens included), more than "
+                    f"`max_prompt_length={self.args.max_prompt_length}`, and multimodal prompts cannot be truncated "
+                    f"without losing image tokens. Set `max_prompt_length` to at least {longest}, or to `None`."
+                )
             pairs = [
                 truncate_pair(plain, principled, self.args.max_prompt_length)
                 for plain, principled in zip(prompt_ids[:num_pairs], prompt_ids[num_pairs:], strict=True)
@@ -379,19 +434,28 @@ class PLETrainer(GRPOTrainer):
         num_pairs = len(inputs)
         plain_prompts = [example["prompt"] for example in inputs]
         principles = [self._principle_for(example) for example in inputs]
+        # With images, the model sees the plain prompt as GRPO builds it (the images as typed parts of the first user
+        # turn); its principled version wraps that, so both answers of a pair see the same images.
+        images = self._dataset_images(inputs)
+        model_prompts = plain_prompts
+        if images is not None:
+            model_prompts = [
+                prepare_multimodal_messages(prompt, images=image_list)
+                for prompt, image_list in zip(plain_prompts, images, strict=True)
+            ]
         principled_prompts = [
             wrap(prompt, principle, self.args.principle_template, self.args.principle_placement)
-            for prompt, principle in zip(plain_prompts, principles, strict=True)
+            for prompt, principle in zip(model_prompts, principles, strict=True)
         ]
 
         # One generation call for both halves: plain answers first, principle-guided answers second.
         prompt_ids_list, completion_ids_list, _, completions, _, _, _, _ = self._generate(
-            plain_prompts + principled_prompts
+            model_prompts + principled_prompts
         )
 
         # Both answers are scored against the plain prompt: the reward never sees the principle.
         rewards, rewards_per_func = self._score(
-            inputs + inputs, plain_prompts + plain_prompts, completions, completion_ids_list
+            inputs + inputs, model_prompts + model_prompts, completions, completion_ids_list
         )
         extra_columns = self._log_rewards(mode, rewards, rewards_per_func, num_pairs)
         rewards = rewards.view(self.accelerator.num_processes, 2, num_pairs)
@@ -462,35 +526,104 @@ class PLETrainer(GRPOTrainer):
             "weight_principled": weight_principled[local],
             "valid": valid[local],
         }
+        if images is not None:
+            output.update(self._multimodal_forward_kwargs(model_prompts, images))
         if self.beta > 0:
             with torch.no_grad():
                 output["ref_logps"] = self._reference_logps(output)
         return output
 
-    def _pair_logps(self, model, inputs):
-        """One forward pass over both answers of every pair, conditioned on the plain prompt."""
+    @staticmethod
+    def _dataset_images(inputs):
+        # The `images` (a list per row) or `image` (one per row) column, as GRPO reads it.
+        if "images" in inputs[0]:
+            images = [example.get("images") for example in inputs]
+        elif "image" in inputs[0]:
+            images = [[example["image"]] if example.get("image") is not None else None for example in inputs]
+        else:
+            return None
+        if all(not image_list for image_list in images):  # the processors need at least one image in the batch
+            return None
+        if not is_conversational({"prompt": inputs[0]["prompt"]}):
+            raise ValueError(PLAIN_TEXT_IMAGES_ERROR)
+        return images
+
+    def _multimodal_forward_kwargs(self, prompts, images):
+        """The processor's image fields for the plain prompts, one entry per pair, as GRPO computes them for its loss
+        forward, plus `num_images`."""
+        prompts_text = [
+            apply_chat_template({"prompt": prompt}, self.processing_class, **self.chat_template_kwargs)["prompt"]
+            for prompt in prompts
+        ]
+        prompt_inputs = self.processing_class(images=images, text=prompts_text, padding=True, return_tensors="pt")
+        # Trainer's `_prepare_inputs` (device placement), not GRPO's, which generates and buffers.
+        prompt_inputs = super(GRPOTrainer, self)._prepare_inputs(prompt_inputs)
+        num_images = [len(image_list) if image_list else 0 for image_list in images]
+        pixel_values = prompt_inputs.get("pixel_values")
+        tiled = "spatial_shapes" in prompt_inputs or (
+            pixel_values is not None
+            and pixel_values.ndim == 4
+            and "image_grid_thw" not in prompt_inputs
+            and pixel_values.size(0) != sum(num_images)
+        )
+        if tiled:  # the known families are refused at construction; this catches the others
+            raise ValueError(
+                f"The processor {type(self.processing_class).__name__} cuts images into tiles (LFM2-VL/InternVL "
+                "style), which PLE's pair layout does not support. Use a vision-language model with one pixel block "
+                "per image (e.g. LLaVA, Qwen2-VL, Gemma 3, Idefics)."
+            )
+        # The fields GRPO's loss forward takes; the text ids come from generation, as in GRPO.
+        fields = {k: v for k, v in prompt_inputs.items() if k in MULTIMODAL_FIELDS}
+        return {**fields, "num_images": num_images}
+
+    def _pair_logps(self, model, inputs, compute_aux_loss=False):
+        """One forward pass over both answers of every pair, conditioned on the plain prompt (and its images).
+
+        Returns the per-answer sums and means of the log-probs, `(2, pairs)` each, and the MoE load-balancing loss of
+        this forward (`None` unless `compute_aux_loss`)."""
         num_pairs = inputs["prompt_ids"].size(0)
         prompt_ids = inputs["prompt_ids"].repeat(2, 1)
         prompt_mask = inputs["prompt_mask"].repeat(2, 1)
         completion_ids = inputs["completion_ids"].transpose(0, 1).flatten(0, 1)  # plain rows, then principled rows
         completion_mask = inputs["completion_mask"].transpose(0, 1).flatten(0, 1)
-        per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
+        per_token_logps, _, aux_loss = self._get_per_token_logps_and_entropies(
             model,
             torch.cat([prompt_ids, completion_ids], dim=1),
             torch.cat([prompt_mask, completion_mask], dim=1),
             completion_ids.size(1),
+            compute_aux_loss=compute_aux_loss,
+            **self._pair_forward_kwargs(inputs, completion_ids.size(1)),
         )
         sums = losses.sequence_logps(per_token_logps, completion_mask)
         means = losses.sequence_logps(per_token_logps, completion_mask, length_normalize=True)
-        return sums.view(2, num_pairs), means.view(2, num_pairs)
+        return sums.view(2, num_pairs), means.view(2, num_pairs), aux_loss
+
+    @staticmethod
+    def _pair_forward_kwargs(inputs, completion_length):
+        # The multimodal fields are stored once per pair (for the plain prompt). The pair forward runs over
+        # [plain prompts + y ; plain prompts + y_p], so both halves get the same images, in the same order.
+        kwargs = {}
+        if inputs.get("num_images") is not None:
+            kwargs["num_images"] = list(inputs["num_images"]) * 2
+        for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "image_position_ids"):
+            if inputs.get(key) is not None:
+                kwargs[key] = torch.cat([inputs[key], inputs[key]])
+        for key in ("token_type_ids", "mm_token_type_ids"):
+            if inputs.get(key) is not None:
+                # Prompt-only ids: left-padded to the prompt width, zeros over the answer (as GRPO extends them).
+                type_ids = inputs[key]
+                type_ids = nn.functional.pad(type_ids, (inputs["prompt_ids"].size(1) - type_ids.size(1), 0))
+                type_ids = nn.functional.pad(type_ids, (0, completion_length))
+                kwargs[key] = type_ids.repeat(2, 1)
+        return kwargs
 
     def _reference_logps(self, inputs):
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             if self.ref_model is not None:
-                sums, means = self._pair_logps(self.ref_model, inputs)
+                sums, means, _ = self._pair_logps(self.ref_model, inputs)
             else:
                 with use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=None):
-                    sums, means = self._pair_logps(self.model, inputs)
+                    sums, means, _ = self._pair_logps(self.model, inputs)
         ranked_on = means if self.args.length_normalize or self.args.ranking_loss_type == "hinge" else sums
         return ranked_on.transpose(0, 1)  # (pairs, 2)
 
@@ -837,7 +970,8 @@ class PLETrainer(GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
-        sums, means = self._pair_logps(model, inputs)
+        # The MoE load-balancing loss only in the policy's trained forward, as GRPO (not in the reference pass).
+        sums, means, aux_loss = self._pair_logps(model, inputs, compute_aux_loss=self.aux_loss_enabled)
         ref_logps = inputs.get("ref_logps")
         loss, rank_losses, wsft_losses = losses.ple_loss(
             plain_logps=sums[0],
@@ -869,4 +1003,9 @@ class PLETrainer(GRPOTrainer):
         if totals[3]:
             self._metrics[mode]["ple/loss_wsft"].append(totals[2] / totals[3])
         # Loss scaled for gradient accumulation here, as GRPO does (`loss_is_scaled_for_ga`).
-        return loss / self.current_gradient_accumulation_steps if mode == "train" else loss
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1
+        loss = loss / normalizer
+        if self.aux_loss_enabled:  # GRPO's MoE term: `router_aux_loss_coef` (or the model's own) times the router loss
+            loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+        return loss
