@@ -7,11 +7,11 @@ import re
 
 import pytest
 from datasets import Dataset, IterableDataset
+from test_trainer import PROMPTS, by_position, logged, make_args
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig
 
 from ple_trl import PLEConfig, PLETrainer
-from test_trainer import PROMPTS, by_position, logged, make_args
 
 
 def make_config(**kwargs):
@@ -19,6 +19,11 @@ def make_config(**kwargs):
     kwargs.setdefault("report_to", "none")
     kwargs.setdefault("bf16", False)
     return PLEConfig(**kwargs)
+
+
+def read_labels(output_dir):
+    with open(output_dir / "enhanced_labels.jsonl") as f:
+        return [json.loads(line) for line in f]
 
 
 # --- item 2: the policy itself as its reference ------------------------------------------------------------------
@@ -69,7 +74,7 @@ def test_an_empty_principle_row_falls_back_to_the_configured_principle(tmp_path,
         args=make_args(tmp_path, principle="be positive", save_enhanced_labels=True),
     )  # fmt: skip
     trainer.train()  # 2 steps of 2 pairs: every row once
-    labels = [json.loads(line) for line in open(tmp_path / "enhanced_labels.jsonl")]
+    labels = read_labels(tmp_path)
     principle_of = {label["prompt"]: label["principle"] for label in labels}
     assert principle_of == {PROMPTS[0]: "be kind", PROMPTS[1]: "be kind", PROMPTS[2]: "be positive",
                             PROMPTS[3]: "be kind"}  # fmt: skip

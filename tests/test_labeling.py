@@ -123,10 +123,16 @@ def test_rank_all_ranks_every_valid_pair_and_prefers_the_higher_reward(gap_mode)
     principled = torch.tensor([0.0, 0.9, 0.5, 1.0])
     rank, preferred, valid = labeling.route_pairs(plain, principled, tau=0.2, gap_mode=gap_mode, routing="rank_all")
     assert rank.tolist() == [True, True, True, False]
-    assert preferred[:3].tolist() == [False, True, True]  # the plain answer wins where it scored higher; ties: principled
+    assert preferred[:3].tolist() == [
+        False,
+        True,
+        True,
+    ]  # the plain answer wins where it scored higher; ties: principled
     assert valid.tolist() == [True, True, True, False]
 
 
 def test_wsft_all_ranks_no_pair():
-    rank, _, valid = labeling.route_pairs(torch.tensor([0.0, 0.0]), torch.tensor([5.0, math.nan]), 0.2, routing="wsft_all")
+    rank, _, valid = labeling.route_pairs(
+        torch.tensor([0.0, 0.0]), torch.tensor([5.0, math.nan]), 0.2, routing="wsft_all"
+    )
     assert rank.tolist() == [False, False] and valid.tolist() == [True, False]

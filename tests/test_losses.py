@@ -140,7 +140,7 @@ def test_ipo_does_not_grow_with_the_answer_length(length):
     # per-token log-probs constant: policy -1 (chosen) and -2 (rejected), reference -1.5 for both. IPO on per-token
     # means, as TRL's DPO trainer does: margin = (-1 + 1.5) - (-2 + 1.5) = 1, loss (1 - 1 / (2 * 0.1))**2 = 16,
     # whatever the length (on sums it would be (length - 5)**2).
-    loss, rank_losses, _ = losses.ple_loss(
+    loss, _, _ = losses.ple_loss(
         plain_logps=torch.tensor([-2.0 * length]), principled_logps=torch.tensor([-1.0 * length]),
         plain_mean_logps=torch.tensor([-2.0]), principled_mean_logps=torch.tensor([-1.0]),
         rank_mask=torch.tensor([True]), principled_preferred=torch.tensor([True]),

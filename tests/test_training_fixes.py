@@ -7,12 +7,21 @@ import math
 import pytest
 import torch
 from datasets import Dataset
+from test_trainer import FORMATS, PROMPTS, by_position, logged, make_args, snapshot
 from transformers import Trainer
 
 from ple_trl import PLETrainer
-from test_trainer import FORMATS, PROMPTS, by_position, logged, make_args, snapshot
 
 SIX_PROMPTS = PROMPTS + ["tell me a story .", "hello friend , how is the weather ?"]
+
+
+def read_labels(output_dir):
+    with open(output_dir / "enhanced_labels.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def snapshot_all(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 # --- item 1: beta > 0 with the policy given as a path ------------------------------------------------------------
@@ -34,10 +43,6 @@ def test_reference_anchored_ranking_with_the_model_given_as_a_path(tmp_path, tin
     assert logged(trainer, "ple/rank_fraction") == [1.0, 1.0]
     assert all(torch.equal(p, reference_before[n]) for n, p in reference.named_parameters())
     assert any(not torch.equal(p, policy_before[n]) for n, p in trainer.model.named_parameters())
-
-
-def snapshot_all(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 # --- item 6: one PLE iteration is the trainer's own epoch --------------------------------------------------------
@@ -80,7 +85,7 @@ def test_zscore_with_an_infinite_reward_skips_only_its_pair(tmp_path, tiny_model
     assert logged(trainer, "ple/skipped_pairs") == [1.0]
     # finite rewards 0, 0, 1: mean 1/3, sample std sqrt(1/3); pair 0's z-scored gap is 1 / sqrt(1/3) = sqrt(3) > tau
     assert logged(trainer, "ple/reward_gap") == [pytest.approx(math.sqrt(3), rel=1e-5)]
-    labels = [json.loads(line) for line in open(tmp_path / "enhanced_labels.jsonl")]
+    labels = read_labels(tmp_path)
     assert sorted(label["route"] for label in labels) == ["rank", "skipped"]
 
 
@@ -93,7 +98,7 @@ def test_rank_all_prefers_the_plain_answer_when_it_scored_higher(tmp_path, tiny_
         args=make_args(tmp_path, max_steps=1, routing="rank_all", save_enhanced_labels=True),
     )  # fmt: skip
     trainer.train()
-    labels = [json.loads(line) for line in open(tmp_path / "enhanced_labels.jsonl")]
+    labels = read_labels(tmp_path)
     assert [(label["route"], label["preferred"]) for label in labels] == [("rank", "plain"), ("rank", "plain")]
 
 

@@ -198,7 +198,8 @@ class PLETrainer(GRPOTrainer):
         reward_funcs = (
             [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
         )
-        for argument, value in (("model", model), ("ref_model", ref_model), *(("reward_funcs", f) for f in reward_funcs)):
+        named = [("model", model), ("ref_model", ref_model)] + [("reward_funcs", func) for func in reward_funcs]
+        for argument, value in named:
             if isinstance(value, str):
                 _check_model_path(value, argument)
         if args.reward_model_name_or_path is not None:
@@ -248,8 +249,11 @@ class PLETrainer(GRPOTrainer):
                 "A `ref_model` was passed but `beta=0`, so it would never be used. Set `beta > 0` with "
                 "`ranking_loss_type='dpo'` or `'ipo'`, or drop `ref_model`."
             )
-        if args.beta > 0 and ref_model is None and peft_config is None and (
-            isinstance(model, str) or not is_peft_model(model)
+        if (
+            args.beta > 0
+            and ref_model is None
+            and peft_config is None
+            and (isinstance(model, str) or not is_peft_model(model))
         ):
             # The reference is the initial policy: reload it from its path, or copy it before training touches it.
             ref_model = model if isinstance(model, str) else copy.deepcopy(model)
@@ -337,7 +341,9 @@ class PLETrainer(GRPOTrainer):
         # Datasets passed here get the same conversion as at construction (`messages`, preference data, row lists).
         principle_configured = self.args.principle is not None or self.args.principles is not None
         eval_dataset = self._prepare_eval_dataset(eval_dataset, principle_configured)
-        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        return super().evaluate(
+            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+        )
 
     # --- threshold schedule -------------------------------------------------------------------------------------
 
