@@ -2,16 +2,18 @@
 10, 15, 16 and the trainer side of 17). Nothing here trains for more than one or two steps."""
 
 import json
+import logging
 import math
 import re
 
 import pytest
-from datasets import Dataset, IterableDataset
+from datasets import Dataset, DatasetDict, IterableDataset
 from test_trainer import PROMPTS, by_position, logged, make_args
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig
 
 from ple_trl import PLEConfig, PLETrainer
+from ple_trl.data import check_generation_round, prepare_prompt_dataset, prompt_is_empty
 
 
 def make_config(**kwargs):
@@ -267,3 +269,30 @@ def test_an_async_reward_function_stays_async_under_the_check(tmp_path, tiny_mod
     assert trainer.reward_func_names == ["async_position"]
     trainer.train()
     assert logged(trainer, "ple/rank_fraction") == [1.0]
+
+
+# --- the data checks themselves ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prompt,empty",
+    [
+        (None, True), ("", True), (" \n", True), ([], True), ([{"role": "user", "content": "  "}], True),
+        ("hi", False), ([{"role": "system", "content": ""}, {"role": "user", "content": "hi"}], False),
+        ([{"role": "user", "content": [{"type": "image"}]}], False),  # an image alone is something to answer
+    ],
+)  # fmt: skip
+def test_prompt_is_empty_by_hand(prompt, empty):
+    assert prompt_is_empty(prompt) is empty
+
+
+def test_prompts_left_over_by_the_last_round_are_logged(caplog):
+    with caplog.at_level(logging.WARNING, logger="ple_trl.data"):
+        check_generation_round(num_prompts=7, per_device_pairs=2, steps_per_generation=1, num_processes=1)
+    assert "each epoch trains on 6 of them and leaves 1 out" in caplog.text
+
+
+def test_a_dataset_dict_names_its_splits():
+    splits = DatasetDict({"train": Dataset.from_dict({"prompt": PROMPTS})})
+    with pytest.raises(TypeError, match=r"splits \['train'\].*`train_dataset=dataset\['train'\]`"):
+        prepare_prompt_dataset(splits)

@@ -9,6 +9,10 @@ PLE needs only queries: the answers are generated online. Three formats are acce
 
 The answers the dataset carries are dropped, since PLE generates its own; other columns are kept and reach the reward
 functions as keyword arguments (and a `principle` column overrides the configured principle for its row).
+
+`prepare_prompt_dataset` is where every dataset enters (training, evaluation, `trainer.evaluate(...)`): it also takes
+a list of rows, and checks every row up front, so that bad data fails at construction with the rows named, not
+mid-training.
 """
 
 import logging
@@ -239,5 +243,6 @@ def check_generation_round(num_prompts: int, per_device_pairs: int, steps_per_ge
     if leftover:
         logger.warning(
             f"`train_dataset` has {num_prompts} prompts and a generation round takes {round_size}: each epoch trains on "
-            f"{num_prompts - leftover} of them (in a new random order) and leaves {leftover} out."
+            f"{num_prompts - leftover} of them and leaves {leftover} out (the sampler drops an incomplete round; with "
+            "shuffling, other prompts are left out in other epochs)."
         )

@@ -134,11 +134,13 @@ class PLETrainer(GRPOTrainer):
             `args.reward_model_name_or_path` adds a reward model. At least one reward is required.
         args ([`PLEConfig`], *optional*):
             Configuration. `per_device_train_batch_size` counts pairs (prompts).
-        train_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]):
+        train_dataset ([`~datasets.Dataset`], [`~datasets.IterableDataset`] or `list[dict]`):
             Prompt-only (`prompt`), SFT (`messages`) or preference (`prompt`/`chosen`/`rejected`, or implicit prompt)
-            data; only the prompts are used. An optional `principle` column overrides the configured principle.
-        eval_dataset ([`~datasets.Dataset`] or `dict[str, Dataset]`, *optional*):
-            Same formats as `train_dataset`.
+            data; only the prompts are used. An optional `principle` column overrides the configured principle (its
+            empty rows use the configured one). Every row is checked at construction (a stream's rows as they come):
+            empty prompts, and a dataset smaller than one generation round, are errors.
+        eval_dataset ([`~datasets.Dataset`], `list[dict]` or `dict[str, Dataset]`, *optional*):
+            Same formats as `train_dataset`, here and in [`~PLETrainer.evaluate`].
         processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
             The policy's tokenizer; loaded from the model when `None`.
         reward_processing_classes ([`~transformers.PreTrainedTokenizerBase`] or `list`, *optional*):
