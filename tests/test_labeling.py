@@ -88,3 +88,51 @@ def test_linear_weights_need_positive_rewards():
 def test_weights_carry_no_gradient():
     principled = torch.tensor([1.0], requires_grad=True)
     assert not labeling.soft_label_weights(torch.tensor([0.0]), principled).requires_grad
+
+
+@pytest.mark.parametrize("transform", ["none", "sigmoid", "zscore"])
+def test_non_finite_rewards_become_nan_and_leave_the_others_alone(transform):
+    rewards = torch.tensor([0.0, 2.0, 4.0, math.inf, -math.inf, math.nan])
+    transformed = labeling.transform_rewards(rewards, transform)
+    assert torch.isnan(transformed[3:]).all()
+    finite = {"none": [0.0, 2.0, 4.0], "sigmoid": [0.5, 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-4))],
+              "zscore": [-1.0, 0.0, 1.0]}[transform]  # fmt: skip
+    assert transformed[:3].tolist() == pytest.approx(finite)
+
+
+def test_zscore_with_an_infinite_reward_routes_the_finite_pairs():
+    plain = torch.tensor([0.0, 0.0, 1.0])
+    principled = torch.tensor([2.0, math.inf, 1.0])
+    transformed = labeling.transform_rewards(torch.stack([plain, principled]), "zscore")
+    rank, _, valid = labeling.route_pairs(transformed[0], transformed[1], tau=0.2)
+    # finite rewards 0, 0, 1, 2, 1: mean 0.8, sample std sqrt(0.7); pair 0's gap 2 / sqrt(0.7) > 0.2
+    assert valid.tolist() == [True, False, True]
+    assert rank.tolist() == [True, False, False]
+    assert (transformed[1, 0] - transformed[0, 0]).item() == pytest.approx(2 / math.sqrt(0.7), rel=1e-5)
+
+
+def test_routing_choices_are_defined_with_the_routing_rule():
+    assert labeling.ROUTINGS == ("threshold", "rank_all", "wsft_all")
+    with pytest.raises(ValueError, match="routing='always'"):
+        labeling.route_pairs(torch.zeros(1), torch.zeros(1), 0.2, routing="always")
+
+
+@pytest.mark.parametrize("gap_mode", ["signed", "absolute"])
+def test_rank_all_ranks_every_valid_pair_and_prefers_the_higher_reward(gap_mode):
+    plain = torch.tensor([0.9, 0.0, 0.5, math.nan])
+    principled = torch.tensor([0.0, 0.9, 0.5, 1.0])
+    rank, preferred, valid = labeling.route_pairs(plain, principled, tau=0.2, gap_mode=gap_mode, routing="rank_all")
+    assert rank.tolist() == [True, True, True, False]
+    assert preferred[:3].tolist() == [
+        False,
+        True,
+        True,
+    ]  # the plain answer wins where it scored higher; ties: principled
+    assert valid.tolist() == [True, True, True, False]
+
+
+def test_wsft_all_ranks_no_pair():
+    rank, _, valid = labeling.route_pairs(
+        torch.tensor([0.0, 0.0]), torch.tensor([5.0, math.nan]), 0.2, routing="wsft_all"
+    )
+    assert rank.tolist() == [False, False] and valid.tolist() == [True, False]

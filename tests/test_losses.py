@@ -124,3 +124,28 @@ def test_ple_loss_gradient_pushes_principled_up_and_plain_down_when_ranked():
     loss.backward()
     assert principled.grad.item() == pytest.approx(-0.5)
     assert plain.grad.item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "loss_type,length_normalize,expected",
+    [("sigmoid", False, False), ("sigmoid", True, True), ("dpo", False, False), ("dpo", True, True),
+     ("hinge", False, True), ("ipo", False, True)],
+)  # fmt: skip
+def test_ranks_on_mean_is_the_one_rule_for_sums_or_means(loss_type, length_normalize, expected):
+    assert losses.ranks_on_mean(loss_type, length_normalize) is expected
+
+
+@pytest.mark.parametrize("length", [3, 6])
+def test_ipo_does_not_grow_with_the_answer_length(length):
+    # per-token log-probs constant: policy -1 (chosen) and -2 (rejected), reference -1.5 for both. IPO on per-token
+    # means, as TRL's DPO trainer does: margin = (-1 + 1.5) - (-2 + 1.5) = 1, loss (1 - 1 / (2 * 0.1))**2 = 16,
+    # whatever the length (on sums it would be (length - 5)**2).
+    loss, _, _ = losses.ple_loss(
+        plain_logps=torch.tensor([-2.0 * length]), principled_logps=torch.tensor([-1.0 * length]),
+        plain_mean_logps=torch.tensor([-2.0]), principled_mean_logps=torch.tensor([-1.0]),
+        rank_mask=torch.tensor([True]), principled_preferred=torch.tensor([True]),
+        weight_principled=torch.tensor([0.5]), valid=torch.tensor([True]),
+        ranking_loss_type="ipo", beta=0.1,
+        ref_plain_logps=torch.tensor([-1.5]), ref_principled_logps=torch.tensor([-1.5]),
+    )  # fmt: skip
+    assert loss.item() == pytest.approx(16.0)

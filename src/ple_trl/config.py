@@ -1,15 +1,15 @@
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
 from .device import check_vllm_mode, resolve_mixed_precision
-from .labeling import GAP_MODES, REWARD_TRANSFORMS, SFT_WEIGHTINGS
+from .labeling import GAP_MODES, REWARD_TRANSFORMS, ROUTINGS, SFT_WEIGHTINGS
 from .losses import RANKING_LOSS_TYPES, REFERENCE_LOSS_TYPES
 from .principles import DEFAULT_TEMPLATE, PLACEMENTS
 
 ITERATION_UNITS = ("epoch", "steps")
-ROUTINGS = ("threshold", "rank_all", "wsft_all")
 
 # GRPO knobs that have no meaning in PLE (its advantage, clipping, importance sampling and entropy machinery), each with
 # the reason given to a user who sets one.
@@ -127,12 +127,14 @@ class PLEConfig(GRPOConfig):
 
     Parameters that control the principles:
         principle (`str` or `None`, *optional*, defaults to `None`):
-            The principle added to every prompt. A `principle` column in the dataset overrides it per row.
+            The principle added to every prompt; not empty. A `principle` column in the dataset overrides it per row
+            (rows whose `principle` is empty or missing use this one).
         principles (`list[str]` or `None`, *optional*, defaults to `None`):
-            A set of principles; each prompt gets one drawn at random (seeded by `seed`). Exclusive with `principle`.
+            A set of principles, none empty; each prompt gets one drawn at random (seeded by `seed`). Exclusive with
+            `principle`.
         principle_template (`str`, *optional*, defaults to `"{principle}\n\n{prompt}"`):
             How the principle is combined with a plain prompt, or with the last user turn of a chat prompt. Must contain
-            `{prompt}`.
+            `{principle}` and `{prompt}`.
         principle_placement (`str`, *optional*, defaults to `"user"`):
             For chat prompts: `"user"` rewrites the last user turn with `principle_template`; `"system"` puts the
             principle in a system message.
@@ -145,8 +147,8 @@ class PLEConfig(GRPOConfig):
         tau_min (`float`, *optional*, defaults to `0.0`):
             Floor of the threshold.
         iteration_unit (`str`, *optional*, defaults to `"epoch"`):
-            What one PLE iteration is: `"epoch"` (one pass over the prompts) or `"steps"` (`steps_per_iteration`
-            optimizer steps).
+            What one PLE iteration is: `"epoch"` (one pass over the prompts, as many optimizer steps as the trainer
+            counts per epoch) or `"steps"` (`steps_per_iteration` optimizer steps).
         steps_per_iteration (`int` or `None`, *optional*, defaults to `None`):
             Optimizer steps per iteration when `iteration_unit="steps"`.
         ple_iterations (`int` or `None`, *optional*, defaults to `None`):
@@ -155,17 +157,20 @@ class PLEConfig(GRPOConfig):
             `"signed"` (`r_p - r`: rank only when the principled answer is better) or `"absolute"` (`|r_p - r|`: rank
             the better answer of any pair with a large gap).
         reward_transform (`str`, *optional*, defaults to `"none"`):
-            Rewards are put on tau's scale before routing: `"none"`, `"sigmoid"` or `"zscore"` (over the round).
+            Rewards are put on tau's scale before routing: `"none"`, `"sigmoid"` or `"zscore"` (over the finite rewards
+            of the round). A non-finite reward skips its pair, whatever the transform.
         routing (`str`, *optional*, defaults to `"threshold"`):
-            `"threshold"` is PLE; `"rank_all"` (ranking loss on every pair) and `"wsft_all"` (weighted SFT on every pair)
-            are the ablations.
+            `"threshold"` is PLE. The ablations ignore `tau` and `gap_mode`: `"rank_all"` puts every pair in the ranking
+            loss, preferring the answer with the higher reward (the principled one on a tie), and `"wsft_all"` puts
+            every pair in the weighted SFT loss.
 
     Parameters that control the loss:
         ranking_loss_type (`str`, *optional*, defaults to `"sigmoid"`):
             `"sigmoid"` (Bradley-Terry on sequence likelihoods), `"hinge"` (RRHF-style, on mean token log-probs), or
-            the reference-anchored `"dpo"` and `"ipo"` (need `beta > 0`).
+            the reference-anchored `"dpo"` and `"ipo"` (need `beta > 0`; `"ipo"` compares mean token log-probs, as
+            TRL's DPO trainer does, so its loss does not grow with the answer length).
         length_normalize (`bool`, *optional*, defaults to `False`):
-            Rank on mean token log-probs instead of their sum.
+            Rank on mean token log-probs instead of their sum (`"hinge"` and `"ipo"` always do).
         rank_sft_coef (`float`, *optional*, defaults to `0.0`):
             Extra NLL on the preferred answer of ranked pairs.
         sft_weighting (`str`, *optional*, defaults to `"softmax"`):
@@ -178,7 +183,8 @@ class PLEConfig(GRPOConfig):
         wsft_coef (`float`, *optional*, defaults to `1.0`):
             Weight of the weighted SFT loss.
         beta (`float`, *optional*, defaults to `0.0`):
-            Reference anchor of `"dpo"`/`"ipo"` ranking. `0` loads no reference model. With PEFT the reference is the
+            Reference anchor of `"dpo"`/`"ipo"` ranking, and only of them: PLE has no GRPO-style KL term, so `beta > 0`
+            with `"sigmoid"` or `"hinge"` is an error. `0` loads no reference model. With PEFT the reference is the
             adapter-disabled model, otherwise a frozen copy of the initial policy (or `ref_model=` of the trainer).
 
     Parameters that control prompts and rewards:
@@ -243,7 +249,11 @@ class PLEConfig(GRPOConfig):
     )
     routing: str = field(
         default="threshold",
-        metadata={"help": "`threshold` (PLE), or the ablations `rank_all` and `wsft_all`.", "choices": ROUTINGS},
+        metadata={
+            "help": "`threshold` (PLE), or the ablations `rank_all` (every pair ranked, the higher reward preferred) "
+            "and `wsft_all` (every pair in weighted SFT).",
+            "choices": ROUTINGS,
+        },
     )
 
     # Parameters that control the loss
@@ -251,7 +261,8 @@ class PLEConfig(GRPOConfig):
         default="sigmoid", metadata={"help": "Ranking loss.", "choices": RANKING_LOSS_TYPES}
     )
     length_normalize: bool = field(
-        default=False, metadata={"help": "Rank on mean token log-probs instead of their sum."}
+        default=False,
+        metadata={"help": "Rank on mean token log-probs instead of their sum (`hinge` and `ipo` always do)."},
     )
     rank_sft_coef: float = field(default=0.0, metadata={"help": "Extra NLL on the preferred answer of ranked pairs."})
     sft_weighting: str = field(
@@ -262,7 +273,9 @@ class PLEConfig(GRPOConfig):
     wsft_coef: float = field(default=1.0, metadata={"help": "Weight of the weighted SFT loss."})
     beta: float = field(
         default=0.0,
-        metadata={"help": "Reference anchor of `dpo`/`ipo` ranking losses; 0 loads no reference model."},
+        metadata={
+            "help": "Reference anchor of `dpo`/`ipo` ranking losses (PLE has no KL term); 0 loads no reference model."
+        },
     )
 
     # Parameters that control prompts and rewards
@@ -325,15 +338,33 @@ class PLEConfig(GRPOConfig):
                 f"`num_generations={self.num_generations}`: PLE always generates exactly 2 answers per prompt (plain "
                 "and principled). Remove it; to generate more per step, raise `per_device_train_batch_size` (pairs)."
             )
+        # Sizes first: GRPOConfig doubles the batch sizes (see `__post_init__`) and fails later, with torch's words.
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}={value!r}` must be >= 1: it counts pairs (prompts) per device and step.")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise ValueError(
+                f"`max_completion_length={self.max_completion_length}` must be >= 1: it is the most tokens of each "
+                "generated answer."
+            )
         if self.principle is not None and self.principles is not None:
             raise ValueError(
                 "Both `principle` and `principles` are set. Use `principle` for a single principle or `principles` "
                 "for a set to draw from, not both."
             )
+        if self.principle is not None and (not isinstance(self.principle, str) or not self.principle.strip()):
+            raise ValueError(
+                f"`principle={self.principle!r}` is empty, so the principle-guided prompt would be the plain one. Give "
+                "a principle text, or leave `principle` unset and use `principles=[...]` or a `principle` column."
+            )
         if self.principles is not None and (
-            not self.principles or not all(isinstance(p, str) and p for p in self.principles)
+            not self.principles or not all(isinstance(p, str) and p.strip() for p in self.principles)
         ):
-            raise ValueError(f"`principles={self.principles!r}` must be a non-empty list of non-empty strings.")
+            raise ValueError(
+                f"`principles={self.principles!r}` must be a non-empty list of principle texts, none of them empty or "
+                "blank."
+            )
         if "{prompt}" not in self.principle_template:
             raise ValueError(
                 f"`principle_template={self.principle_template!r}` has no `{{prompt}}` placeholder, so the query would "
@@ -341,11 +372,18 @@ class PLEConfig(GRPOConfig):
             )
         try:
             self.principle_template.format(principle="", prompt="")
-        except (KeyError, IndexError, ValueError) as error:
+        except (KeyError, IndexError, ValueError, AttributeError) as error:
             raise ValueError(
                 f"`principle_template={self.principle_template!r}` is not a valid template ({error!r}): only the "
                 "placeholders `{principle}` and `{prompt}` are allowed; write literal braces as `{{` and `}}`."
             ) from None
+        if self.principle_template.format(principle="\0", prompt="") == self.principle_template.format(
+            principle="", prompt=""
+        ):
+            raise ValueError(
+                f"`principle_template={self.principle_template!r}` has no `{{principle}}` placeholder, so the principle "
+                "would be lost. Use e.g. '{principle}\\n\\n{prompt}'."
+            )
         choices = {
             "principle_placement": PLACEMENTS,
             "iteration_unit": ITERATION_UNITS,
@@ -358,6 +396,11 @@ class PLEConfig(GRPOConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Unknown `{name}={getattr(self, name)!r}`; use one of {allowed}.")
+        # NaN passes every comparison below (tau0=nan would become tau 0): refuse non-finite numbers first.
+        for name in ("tau0", "alpha", "tau_min", "sft_temperature", "rank_coef", "wsft_coef", "rank_sft_coef", "beta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"`{name}={value!r}` must be a finite number.")
         if self.tau0 < 0:
             raise ValueError(f"`tau0={self.tau0}` must be >= 0 (the paper uses 0.2).")
         if not 0 < self.alpha <= 1:
@@ -372,6 +415,14 @@ class PLEConfig(GRPOConfig):
             raise ValueError(
                 f"`ranking_loss_type={self.ranking_loss_type!r}` anchors on a reference model and needs `beta > 0`; "
                 "set e.g. `beta=0.1`, or use `ranking_loss_type='sigmoid'`."
+            )
+        if self.ranking_loss_type not in REFERENCE_LOSS_TYPES and self.beta > 0:
+            # A GRPO config ported with its KL coefficient (e.g. beta=0.04) would otherwise load a reference model and
+            # compute its log-probs every round for nothing.
+            raise ValueError(
+                f"`beta={self.beta}` has no effect with `ranking_loss_type={self.ranking_loss_type!r}`: PLE has no "
+                "GRPO-style KL term, only the reference-anchored ranking losses use `beta`. Set "
+                "`ranking_loss_type='dpo'` (or 'ipo') to anchor on a reference model, or `beta=0`."
             )
         for name in ("rank_coef", "wsft_coef", "rank_sft_coef"):
             if getattr(self, name) < 0:

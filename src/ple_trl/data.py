@@ -9,12 +9,22 @@ PLE needs only queries: the answers are generated online. Three formats are acce
 
 The answers the dataset carries are dropped, since PLE generates its own; other columns are kept and reach the reward
 functions as keyword arguments (and a `principle` column overrides the configured principle for its row).
+
+`prepare_prompt_dataset` is where every dataset enters (training, evaluation, `trainer.evaluate(...)`): it also takes
+a list of rows, and checks every row up front, so that bad data fails at construction with the rows named, not
+mid-training.
 """
 
-from datasets import Dataset, IterableDataset
+import logging
+
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from trl.data_utils import maybe_extract_prompt
 
+logger = logging.getLogger(__name__)
+
 PROMPT_FORMATS = ("prompt", "messages", "chosen/rejected")
+# How many offending row indices an error message lists.
+MAX_ROWS_NAMED = 10
 
 
 def _prompt_from_messages(example):
@@ -71,3 +81,168 @@ def to_prompt_dataset(dataset: Dataset | IterableDataset) -> Dataset | IterableD
         dataset = dataset.map(maybe_extract_prompt)
     answers = [c for c in ("messages", "chosen", "rejected", "completion") if c in column_names]
     return dataset.remove_columns(answers) if answers else dataset
+
+
+def as_dataset(dataset, argument: str = "train_dataset") -> Dataset | IterableDataset:
+    """
+    Accept what a user passes as a dataset: a [`~datasets.Dataset`] or [`~datasets.IterableDataset`] as is, and a list
+    of rows (`[{"prompt": ...}, ...]`) converted with `Dataset.from_list`.
+
+    Args:
+        dataset: the dataset as given.
+        argument (`str`, *optional*, defaults to `"train_dataset"`): its name, for the error message.
+
+    Returns:
+        [`~datasets.Dataset`] or [`~datasets.IterableDataset`].
+
+    Raises:
+        `TypeError`: for anything else (a list of strings, a dict of columns, a `DatasetDict`...), naming the type and
+        the fix.
+    """
+    if isinstance(dataset, (Dataset, IterableDataset)):
+        return dataset
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        raise TypeError(
+            f"`{argument}` is a {type(dataset).__name__} with the splits {sorted(dataset)}; pass one split, e.g. "
+            f"`{argument}=dataset['train']`."
+        )
+    if isinstance(dataset, (list, tuple)) and all(isinstance(row, dict) for row in dataset):
+        return Dataset.from_list(list(dataset))
+    raise TypeError(
+        f"`{argument}` is a {type(dataset).__name__}; PLE needs a `datasets.Dataset` (or `IterableDataset`) with a "
+        "`prompt` column, or a list of rows like `[{'prompt': ...}, ...]`. Build one with e.g. "
+        "`Dataset.from_dict({'prompt': [...]})`."
+    )
+
+
+def prompt_is_empty(prompt) -> bool:
+    """
+    Whether a prompt gives the model nothing to answer: `None`, a blank string, an empty conversation, or a
+    conversation whose messages are all blank strings.
+
+    Args:
+        prompt (`str`, `list[dict]` or `None`): a plain or a conversational prompt.
+
+    Returns:
+        `bool`: `True` for an empty prompt.
+    """
+    if prompt is None:
+        return True
+    if isinstance(prompt, str):
+        return not prompt.strip()
+    if isinstance(prompt, (list, tuple)):
+        contents = [message.get("content") if isinstance(message, dict) else message for message in prompt]
+        # Multimodal contents (lists of parts, images) count as content.
+        return all(content is None or (isinstance(content, str) and not content.strip()) for content in contents)
+    return False
+
+
+def _named(rows: list[int]) -> str:
+    listed = rows[:MAX_ROWS_NAMED]
+    more = f" and {len(rows) - len(listed)} more" if len(rows) > len(listed) else ""
+    return f"rows {listed}{more} (0-based, {len(rows)} in all)"
+
+
+def prepare_prompt_dataset(dataset, argument: str = "train_dataset", principle_configured: bool = False):
+    """
+    Turn a dataset as a user passes it into PLE's prompt dataset, and check every row of it up front.
+
+    Converts with [`as_dataset`] and [`to_prompt_dataset`], then, for a [`~datasets.Dataset`], refuses an empty dataset,
+    empty prompts (see [`prompt_is_empty`]) and `principle` values that are not text, and rows whose `principle` is
+    empty when no principle is configured to fall back on (rows that fall back are counted in a log message). An
+    [`~datasets.IterableDataset`] cannot be scanned ahead: only its first row is checked here, the trainer checks the
+    others as they come.
+
+    Args:
+        dataset: the dataset as given (see [`as_dataset`]).
+        argument (`str`, *optional*, defaults to `"train_dataset"`): its name, for error messages.
+        principle_configured (`bool`, *optional*, defaults to `False`): whether `principle` or `principles` is set.
+
+    Returns:
+        [`~datasets.Dataset`] or [`~datasets.IterableDataset`]: the prompt dataset.
+
+    Raises:
+        `TypeError` or `ValueError`: naming the argument, the offending rows and the fix.
+    """
+    dataset = as_dataset(dataset, argument)
+    if isinstance(dataset, IterableDataset):
+        first_row = next(iter(dataset), None)
+        if first_row is None:
+            raise ValueError(f"`{argument}` is empty: PLE needs prompts to generate answers for.")
+        dataset = to_prompt_dataset(dataset)
+        rows = [(0, next(iter(dataset)))]
+    else:
+        if len(dataset) == 0:
+            raise ValueError(f"`{argument}` is empty: PLE needs prompts to generate answers for.")
+        dataset = to_prompt_dataset(dataset)
+        columns = [c for c in ("prompt", "principle") if c in dataset.column_names]
+        rows = (
+            (start + i, dict(zip(batch, values)))
+            for start, batch in zip(range(0, len(dataset), 1000), dataset.select_columns(columns).iter(1000))
+            for i, values in enumerate(zip(*batch.values()))
+        )
+    empty_prompts, empty_principles, not_text = [], [], []
+    for index, row in rows:
+        if prompt_is_empty(row.get("prompt")):
+            empty_prompts.append(index)
+        principle = row.get("principle")
+        if principle is not None and not isinstance(principle, str):
+            not_text.append(index)
+        elif "principle" in row and not (principle or "").strip():
+            empty_principles.append(index)
+    if empty_prompts:
+        raise ValueError(
+            f"`{argument}` has an empty or missing `prompt` in {_named(empty_prompts)}: there is nothing to answer. "
+            f"Remove those rows, e.g. `{argument}.filter(lambda row: row['prompt'])`, or fill them."
+        )
+    if not_text:
+        raise ValueError(
+            f"`{argument}` has a `principle` that is not text in {_named(not_text)}. A `principle` column holds one "
+            "principle text per row."
+        )
+    if empty_principles and not principle_configured:
+        raise ValueError(
+            f"In `{argument}`, the `principle` column is empty in {_named(empty_principles)}, and no principle is "
+            "configured to fall back on. Fill those rows, or set `PLEConfig(principle=...)` or "
+            "`PLEConfig(principles=[...])` for them."
+        )
+    if empty_principles:
+        logger.warning(
+            f"In `{argument}`, the `principle` column is empty in {_named(empty_principles)}: those rows use the "
+            "configured principle(s)."
+        )
+    return dataset
+
+
+def check_generation_round(num_prompts: int, per_device_pairs: int, steps_per_generation: int, num_processes: int):
+    """
+    Refuse a dataset smaller than one generation round, which would train for 0 steps and exit successfully.
+
+    One round takes `per_device_pairs * steps_per_generation * num_processes` prompts (the `generation_batch_size`);
+    the sampler drops an incomplete round. Prompts left over by the last full round of an epoch are logged.
+
+    Args:
+        num_prompts (`int`): rows of the training dataset.
+        per_device_pairs (`int`): `per_device_train_batch_size` (pairs).
+        steps_per_generation (`int`): micro-steps one generation round feeds.
+        num_processes (`int`): processes of the run.
+
+    Raises:
+        `ValueError`: naming the dataset size, the round size and what to lower.
+    """
+    round_size = per_device_pairs * steps_per_generation * num_processes
+    if num_prompts < round_size:
+        raise ValueError(
+            f"`train_dataset` has {num_prompts} prompt{'s' if num_prompts != 1 else ''}, but one generation round "
+            f"needs {round_size} (`generation_batch_size` = `per_device_train_batch_size` {per_device_pairs} x "
+            f"`steps_per_generation` {steps_per_generation} x {num_processes} process(es)), and an incomplete round "
+            "is dropped: nothing would be trained. Add prompts, or lower `per_device_train_batch_size`, "
+            "`gradient_accumulation_steps` (or `steps_per_generation` / `generation_batch_size`)."
+        )
+    leftover = num_prompts % round_size
+    if leftover:
+        logger.warning(
+            f"`train_dataset` has {num_prompts} prompts and a generation round takes {round_size}: each epoch trains on "
+            f"{num_prompts - leftover} of them and leaves {leftover} out (the sampler drops an incomplete round; with "
+            "shuffling, other prompts are left out in other epochs)."
+        )

@@ -11,6 +11,7 @@ import torch
 REWARD_TRANSFORMS = ("none", "sigmoid", "zscore")
 GAP_MODES = ("signed", "absolute")
 SFT_WEIGHTINGS = ("softmax", "linear", "equal")
+ROUTINGS = ("threshold", "rank_all", "wsft_all")
 
 
 def tau_at(iteration: int, tau0: float, alpha: float, tau_min: float = 0.0) -> float:
@@ -37,30 +38,34 @@ def tau_at(iteration: int, tau0: float, alpha: float, tau_min: float = 0.0) -> f
 
 def transform_rewards(rewards: torch.Tensor, transform: str = "none") -> torch.Tensor:
     """
-    Put rewards on the scale tau is read on. NaN rewards (unscorable answers) stay NaN and are ignored by `zscore`.
+    Put rewards on the scale tau is read on. A non-finite reward (NaN for an unscorable answer, or +-inf) becomes NaN,
+    whatever the transform, so its pair is skipped; `zscore` computes its mean and spread over the finite rewards only.
 
     Args:
         rewards (`torch.Tensor`):
             Rewards of every answer of the generation round, any shape.
         transform (`str`, *optional*, defaults to `"none"`):
             `"none"` keeps them, `"sigmoid"` maps them to (0, 1), `"zscore"` standardises them over the round (mean 0,
-            standard deviation 1; a round with one reward or no spread gives zeros).
+            standard deviation 1; a round with one finite reward or no spread gives zeros).
 
     Returns:
         `torch.Tensor`: transformed rewards, same shape.
     """
+    if transform not in REWARD_TRANSFORMS:
+        raise ValueError(f"Unknown `reward_transform={transform!r}`; use one of {REWARD_TRANSFORMS}.")
+    finite_mask = torch.isfinite(rewards)
+    # One infinite reward would turn a z-score's mean and spread, so the whole round, into NaN: keep it out.
+    rewards = torch.where(finite_mask, rewards, torch.nan)
     if transform == "none":
         return rewards
     if transform == "sigmoid":
-        return torch.sigmoid(rewards)
-    if transform == "zscore":
-        finite = rewards[~torch.isnan(rewards)]
-        if finite.numel() < 2:
-            return torch.where(torch.isnan(rewards), rewards, torch.zeros_like(rewards))
-        std = finite.std()
-        centred = rewards - finite.mean()
-        return centred / std if std > 0 else centred * 0.0
-    raise ValueError(f"Unknown `reward_transform={transform!r}`; use one of {REWARD_TRANSFORMS}.")
+        return torch.sigmoid(rewards)  # NaN stays NaN (an infinite reward would have become a finite 0 or 1)
+    finite = rewards[finite_mask]
+    if finite.numel() < 2:
+        return rewards * 0.0
+    std = finite.std()
+    centred = rewards - finite.mean()
+    return centred / std if std > 0 else centred * 0.0
 
 
 def reward_gap(reward_plain: torch.Tensor, reward_principled: torch.Tensor, gap_mode: str = "signed") -> torch.Tensor:
@@ -83,30 +88,44 @@ def reward_gap(reward_plain: torch.Tensor, reward_principled: torch.Tensor, gap_
 
 
 def route_pairs(
-    reward_plain: torch.Tensor, reward_principled: torch.Tensor, tau: float, gap_mode: str = "signed"
+    reward_plain: torch.Tensor,
+    reward_principled: torch.Tensor,
+    tau: float,
+    gap_mode: str = "signed",
+    routing: str = "threshold",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     Decide, for each pair, between the ranking loss and the weighted SFT loss.
 
-    A pair is ranked when its gap is strictly greater than `tau`. With `"signed"` gaps the principled answer is always
-    the preferred one of a ranked pair; with `"absolute"` gaps the answer with the higher reward is preferred. A pair
-    with a NaN reward is neither ranked nor valid: it is skipped for this round.
+    With `routing="threshold"` (PLE), a pair is ranked when its gap is strictly greater than `tau`. With `"signed"` gaps
+    the principled answer is always the preferred one of a ranked pair; with `"absolute"` gaps the answer with the
+    higher reward is preferred. The two ablations ignore `tau` and `gap_mode`: `"rank_all"` ranks every pair, preferring
+    the answer with the higher reward (the principled one on a tie), so that it ranks what the reward says is better;
+    `"wsft_all"` ranks none. A pair with a non-finite reward is neither ranked nor valid: it is skipped for this round.
 
     Args:
         reward_plain (`torch.Tensor`): rewards of the plain answers, shape `(num_pairs,)`.
         reward_principled (`torch.Tensor`): rewards of the principle-guided answers, shape `(num_pairs,)`.
         tau (`float`): current threshold.
         gap_mode (`str`, *optional*, defaults to `"signed"`): `"signed"` or `"absolute"`.
+        routing (`str`, *optional*, defaults to `"threshold"`): `"threshold"`, `"rank_all"` or `"wsft_all"`.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor, torch.Tensor]`: boolean tensors of shape `(num_pairs,)`:
         `rank_mask` (ranking loss), `principled_preferred` (which answer a ranked pair prefers) and `valid` (both
         rewards are finite).
     """
+    if routing not in ROUTINGS:
+        raise ValueError(f"Unknown `routing={routing!r}`; use one of {ROUTINGS}.")
     valid = torch.isfinite(reward_plain) & torch.isfinite(reward_principled)
     gap = reward_gap(reward_plain, reward_principled, gap_mode)
+    higher_is_principled = reward_principled >= reward_plain
+    if routing == "rank_all":
+        return valid.clone(), higher_is_principled, valid
+    if routing == "wsft_all":
+        return torch.zeros_like(valid), torch.ones_like(valid), valid
     rank_mask = valid & (gap > tau)
-    principled_preferred = reward_principled >= reward_plain if gap_mode == "absolute" else torch.ones_like(valid)
+    principled_preferred = higher_is_principled if gap_mode == "absolute" else torch.ones_like(valid)
     return rank_mask, principled_preferred, valid
 
 

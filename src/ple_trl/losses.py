@@ -10,6 +10,26 @@ import torch.nn.functional as F
 
 RANKING_LOSS_TYPES = ("sigmoid", "hinge", "dpo", "ipo")
 REFERENCE_LOSS_TYPES = ("dpo", "ipo")
+# Losses that always rank on mean token log-probs: RRHF's hinge, and IPO, whose squared margin would otherwise grow
+# with the square of the answer length (TRL's DPO trainer averages per token for IPO too).
+MEAN_RANKING_LOSS_TYPES = ("hinge", "ipo")
+
+
+def ranks_on_mean(ranking_loss_type: str, length_normalize: bool = False) -> bool:
+    """
+    Whether the ranking loss compares mean token log-probs `lbar` (`True`) or their sums `l` (`False`).
+
+    The one rule for the policy's and the reference's log-probs: `"hinge"` and `"ipo"` always rank on means (`"ipo"`
+    as in TRL's DPO trainer); `"sigmoid"` and `"dpo"` rank on sums unless `length_normalize` is set.
+
+    Args:
+        ranking_loss_type (`str`): one of `"sigmoid"`, `"hinge"`, `"dpo"`, `"ipo"`.
+        length_normalize (`bool`, *optional*, defaults to `False`): rank on means whatever the loss.
+
+    Returns:
+        `bool`: `True` to rank on mean token log-probs.
+    """
+    return bool(length_normalize) or ranking_loss_type in MEAN_RANKING_LOSS_TYPES
 
 
 def sequence_logps(per_token_logps: torch.Tensor, mask: torch.Tensor, length_normalize: bool = False) -> torch.Tensor:
@@ -45,7 +65,8 @@ def ranking_loss(
       `pi(y_p|x) / (pi(y_p|x) + pi(y|x))`;
     - `"hinge"`: `max(0, l_r - l_c)`, RRHF-style (pass length-normalised log-probs to follow RRHF);
     - `"dpo"`: `-log sigmoid(beta * ((l_c - ref_c) - (l_r - ref_r)))`;
-    - `"ipo"`: `((l_c - ref_c) - (l_r - ref_r) - 1 / (2 * beta))**2`.
+    - `"ipo"`: `((l_c - ref_c) - (l_r - ref_r) - 1 / (2 * beta))**2` (pass length-normalised log-probs, as
+      [`ple_loss`] does, to follow TRL's DPO trainer).
 
     Args:
         chosen_logps (`torch.Tensor`): log-probs of the preferred answers, shape `(num_pairs,)`.
@@ -123,8 +144,8 @@ def ple_loss(
         rank_mask, principled_preferred, valid (`torch.Tensor`): booleans from [`~ple_trl.labeling.route_pairs`].
         weight_principled (`torch.Tensor`): `w_p` from [`~ple_trl.labeling.soft_label_weights`].
         ranking_loss_type (`str`, *optional*, defaults to `"sigmoid"`): see [`ranking_loss`].
-        length_normalize (`bool`, *optional*, defaults to `False`): rank on `lbar` instead of `l` (`"hinge"` always
-            ranks on `lbar`).
+        length_normalize (`bool`, *optional*, defaults to `False`): rank on `lbar` instead of `l` (`"hinge"` and
+            `"ipo"` always rank on `lbar`; see [`ranks_on_mean`]).
         rank_coef, wsft_coef (`float`, *optional*, default to `1.0`): weights of the two branches.
         rank_sft_coef (`float`, *optional*, defaults to `0.0`): extra NLL (mean token) on the preferred answer of a
             ranked pair.
@@ -136,7 +157,7 @@ def ple_loss(
         `tuple`: `(loss, rank_losses, wsft_losses)`: the scalar loss, and the per-pair losses of each branch (zero
         where the branch does not apply), for logging.
     """
-    normalize = length_normalize or ranking_loss_type == "hinge"
+    normalize = ranks_on_mean(ranking_loss_type, length_normalize)
     rank_plain = plain_mean_logps if normalize else plain_logps
     rank_principled = principled_mean_logps if normalize else principled_logps
     chosen = torch.where(principled_preferred, rank_principled, rank_plain)

@@ -3,15 +3,19 @@ import errno
 import json
 import logging
 import math
+import numbers
 import os
 import random
 import re
 import textwrap
 from collections import deque
 
+import numpy as np
 import torch
 from accelerate.utils import gather_object, is_peft_model
 from datasets import IterableDataset
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -25,6 +29,7 @@ from trl.trainer.utils import (
     add_fused_lm_head,
     create_model_from_path,
     disable_dropout_in_model,
+    is_async_callable,
     nanstd,
     pad,
     strip_images_from_messages,
@@ -33,7 +38,7 @@ from trl.trainer.utils import (
 
 from . import labeling, losses
 from .config import PLEConfig
-from .data import to_prompt_dataset
+from .data import check_generation_round, prepare_prompt_dataset, prompt_is_empty
 from .device import apply_model_init_overrides
 from .principles import truncate_pair, wrap
 from .rewards.model import LeftTruncatingRewardModel, reward_model_max_length
@@ -122,6 +127,64 @@ PLAIN_TEXT_IMAGES_ERROR = (
 )
 
 
+def _check_model_path(value: str, argument: str):
+    # A string that cannot be a Hub id is meant as a local path: say that it is missing, not that it is a bad repo id.
+    if os.path.exists(value):
+        return
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        hint = " (`~` is not expanded: give the full path)" if value.startswith("~") else ""
+        raise ValueError(
+            f"`{argument}`: the path {value!r} does not exist{hint}. Give an existing local model folder, or a Hub id "
+            "such as 'org/name'."
+        ) from None
+
+
+def _is_reward_value(value) -> bool:
+    if value is None or isinstance(value, numbers.Real):
+        return True
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.is_complex()
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.size == 1 and value.dtype.kind in "biuf"
+    return False
+
+
+def _checked_reward_function(reward_func, name: str):
+    """Wrap a reward function so that a value torch cannot read fails with the function's name, not torch's words."""
+
+    def check(rewards):
+        try:
+            values = list(rewards)
+        except TypeError:
+            raise ValueError(
+                f"The reward function {name!r} returned {rewards!r} (a {type(rewards).__name__}); it must return a "
+                "list with one float (or None for an answer it cannot score) per completion."
+            ) from None
+        for value in values:
+            if not _is_reward_value(value):
+                raise ValueError(
+                    f"The reward function {name!r} returned {value!r} (a {type(value).__name__}) as a reward; it must "
+                    "return one float (or None for an answer it cannot score) per completion."
+                )
+        return values
+
+    if is_async_callable(reward_func):
+
+        async def checked(*args, **kwargs):
+            return check(await reward_func(*args, **kwargs))
+
+    else:
+
+        def checked(*args, **kwargs):
+            return check(reward_func(*args, **kwargs))
+
+    checked.__name__ = checked.__qualname__ = name
+    checked.__wrapped__ = reward_func
+    return checked
+
+
 class PLETrainer(GRPOTrainer):
     """
     Trainer for Progressively Label Enhancement (PLE), from [Progressively Label Enhancement for Large Language Model
@@ -164,13 +227,15 @@ class PLETrainer(GRPOTrainer):
             `args.reward_model_name_or_path` adds a reward model. At least one reward is required.
         args ([`PLEConfig`], *optional*):
             Configuration. `per_device_train_batch_size` counts pairs (prompts).
-        train_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]):
+        train_dataset ([`~datasets.Dataset`], [`~datasets.IterableDataset`] or `list[dict]`):
             Prompt-only (`prompt`), SFT (`messages`) or preference (`prompt`/`chosen`/`rejected`, or implicit prompt)
-            data; only the prompts are used. An optional `principle` column overrides the configured principle. For a
-            vision-language policy, an `image` or `images` column (with conversational prompts) reaches generation
-            and the loss as in [`~trl.GRPOTrainer`]; both answers of a pair see the same images.
-        eval_dataset ([`~datasets.Dataset`] or `dict[str, Dataset]`, *optional*):
-            Same formats as `train_dataset`.
+            data; only the prompts are used. An optional `principle` column overrides the configured principle (its
+            empty rows use the configured one). Every row is checked at construction (a stream's rows as they come):
+            empty prompts, and a dataset smaller than one generation round, are errors. For a vision-language policy,
+            an `image` or `images` column (with conversational prompts) reaches generation and the loss as in
+            [`~trl.GRPOTrainer`]; both answers of a pair see the same images.
+        eval_dataset ([`~datasets.Dataset`], `list[dict]` or `dict[str, Dataset]`, *optional*):
+            Same formats as `train_dataset`, here and in [`~PLETrainer.evaluate`].
         processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
             The policy's tokenizer; loaded from the model when `None`.
         reward_processing_classes ([`~transformers.PreTrainedTokenizerBase`] or `list`, *optional*):
@@ -230,7 +295,12 @@ class PLETrainer(GRPOTrainer):
         reward_funcs = (
             [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
         )
+        named = [("model", model), ("ref_model", ref_model)] + [("reward_funcs", func) for func in reward_funcs]
+        for argument, value in named:
+            if isinstance(value, str):
+                _check_model_path(value, argument)
         if args.reward_model_name_or_path is not None:
+            _check_model_path(args.reward_model_name_or_path, "reward_model_name_or_path")
             reward_funcs.append(args.reward_model_name_or_path)
             if reward_processing_classes is not None and not isinstance(reward_processing_classes, list):
                 reward_processing_classes = [reward_processing_classes]
@@ -244,13 +314,11 @@ class PLETrainer(GRPOTrainer):
             )
         if train_dataset is None:
             raise ValueError("`train_dataset` is required: PLE generates answers for its prompts.")
-        train_dataset = to_prompt_dataset(train_dataset)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {name: to_prompt_dataset(ds) for name, ds in eval_dataset.items()}
-        elif eval_dataset is not None:
-            eval_dataset = to_prompt_dataset(eval_dataset)
+        principle_configured = args.principle is not None or args.principles is not None
+        train_dataset = prepare_prompt_dataset(train_dataset, "train_dataset", principle_configured)
+        eval_dataset = self._prepare_eval_dataset(eval_dataset, principle_configured)
         first_row = next(iter(train_dataset))
-        if args.principle is None and args.principles is None and not first_row.get("principle"):
+        if not principle_configured and not first_row.get("principle"):
             raise ValueError(
                 "No principle: PLE needs one to build the principle-guided prompt. Set `PLEConfig(principle=...)`, "
                 "`PLEConfig(principles=[...])`, or add a `principle` column to the dataset."
@@ -260,12 +328,30 @@ class PLETrainer(GRPOTrainer):
                 "`iteration_unit='epoch'` needs a dataset with a length, but `train_dataset` is an IterableDataset. "
                 "Set `iteration_unit='steps'` with `steps_per_iteration`."
             )
+        if not isinstance(train_dataset, IterableDataset):
+            check_generation_round(
+                len(train_dataset), args.per_device_train_batch_size, args.steps_per_generation, args.world_size
+            )
+        if isinstance(model, nn.Module) and isinstance(ref_model, nn.Module):
+            policy_parameters = {id(p) for p in model.parameters()}
+            if ref_model is model or any(id(p) in policy_parameters for p in ref_model.parameters()):
+                # Freezing the reference would freeze the policy: training would "succeed" with nothing trained.
+                raise ValueError(
+                    "`model` and `ref_model` cannot be the same object (or share parameters): the reference is frozen, "
+                    "so the policy would be too. Leave `ref_model=None` (PLE then makes a frozen copy of the initial "
+                    "policy, or uses the adapter-disabled model under PEFT), or pass a copy (`copy.deepcopy(model)`)."
+                )
         if ref_model is not None and args.beta == 0:
             raise ValueError(
                 "A `ref_model` was passed but `beta=0`, so it would never be used. Set `beta > 0` with "
                 "`ranking_loss_type='dpo'` or `'ipo'`, or drop `ref_model`."
             )
-        if args.beta > 0 and ref_model is None and peft_config is None and not is_peft_model(model):
+        if (
+            args.beta > 0
+            and ref_model is None
+            and peft_config is None
+            and (isinstance(model, str) or not is_peft_model(model))
+        ):
             # The reference is the initial policy: reload it from its path, or copy it before training touches it.
             ref_model = model if isinstance(model, str) else copy.deepcopy(model)
 
@@ -303,6 +389,7 @@ class PLETrainer(GRPOTrainer):
         conversational = is_conversational({"prompt": first_row["prompt"]})
         for i, (reward_func, reward_tokenizer) in enumerate(zip(self.reward_funcs, self.reward_processing_classes)):
             if not isinstance(reward_func, nn.Module):
+                self.reward_funcs[i] = _checked_reward_function(reward_func, self.reward_func_names[i])
                 continue
             if conversational and getattr(reward_tokenizer, "chat_template", None) is None:
                 name = self.reward_func_names[i]
@@ -367,16 +454,43 @@ class PLETrainer(GRPOTrainer):
             return prepare_fsdp(ref_model, self.accelerator)
         return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
+    @staticmethod
+    def _prepare_eval_dataset(eval_dataset, principle_configured):
+        if isinstance(eval_dataset, dict):
+            return {
+                name: prepare_prompt_dataset(dataset, f"eval_dataset[{name!r}]", principle_configured)
+                for name, dataset in eval_dataset.items()
+            }
+        if eval_dataset is None or isinstance(eval_dataset, str):  # a name of the datasets given at construction
+            return eval_dataset
+        return prepare_prompt_dataset(eval_dataset, "eval_dataset", principle_configured)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        # Datasets passed here get the same conversion as at construction (`messages`, preference data, row lists).
+        principle_configured = self.args.principle is not None or self.args.principles is not None
+        eval_dataset = self._prepare_eval_dataset(eval_dataset, principle_configured)
+        return super().evaluate(
+            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+        )
+
     # --- threshold schedule -------------------------------------------------------------------------------------
+
+    def set_initial_training_values(self, args, dataloader):
+        values = super().set_initial_training_values(args, dataloader)
+        # transformers' own count of optimizer steps per epoch (rounded up when gradient accumulation does not divide
+        # the micro-steps): one PLE iteration in `iteration_unit="epoch"`.
+        self._steps_per_epoch = values[1]
+        return values
 
     def completed_iterations(self) -> int:
         """Number of completed PLE iterations, derived from `state.global_step` (so a resumed run continues)."""
         if self.args.iteration_unit == "steps":
             return self.state.global_step // self.args.steps_per_iteration
         if self._steps_per_epoch is None:
-            rounds = len(self.train_dataset) // self.args.generation_batch_size
-            micro_steps = rounds * self.args.steps_per_generation * self.args.num_iterations
-            self._steps_per_epoch = max(1, micro_steps // self.args.gradient_accumulation_steps)
+            if self.state.global_step == 0:
+                return 0
+            # Not in `train()` (e.g. `evaluate()` after loading a state): count as `train()` would.
+            self.set_initial_training_values(self.args, self.get_train_dataloader())
         return self.state.global_step // self._steps_per_epoch
 
     @property
@@ -387,11 +501,24 @@ class PLETrainer(GRPOTrainer):
     # --- sampling -----------------------------------------------------------------------------------------------
 
     def _principle_for(self, example):
-        if example.get("principle"):
-            return example["principle"]
+        # A stream cannot be checked up front (see `data.prepare_prompt_dataset`): its rows are checked here.
+        if prompt_is_empty(example.get("prompt")):
+            raise ValueError(
+                f"A row has an empty or missing `prompt`: {example.get('prompt')!r}. Remove such rows, e.g. "
+                "`dataset.filter(lambda row: row['prompt'])`."
+            )
+        principle = example.get("principle")
+        if isinstance(principle, str) and principle.strip():
+            return principle
         if self.args.principle is not None:
             return self.args.principle
-        return self._principle_rng.choice(self.args.principles)
+        if self.args.principles is not None:
+            return self._principle_rng.choice(self.args.principles)
+        raise ValueError(
+            f"A row has an empty `principle` ({principle!r}) and no principle is configured to fall back on; its "
+            f"prompt is {example.get('prompt')!r}. Fill the row's `principle`, or set `PLEConfig(principle=...)` or "
+            "`PLEConfig(principles=[...])`."
+        )
 
     def _tokenize_prompts(self, prompts):
         # Called by `_generate` on PLE's pair layout: the plain prompts, then their principled versions, in order.
@@ -467,12 +594,8 @@ class PLETrainer(GRPOTrainer):
             torch.stack([reward_plain, reward_principled]), self.args.reward_transform
         )
         rank_mask, principled_preferred, valid = labeling.route_pairs(
-            transformed[0], transformed[1], tau, self.args.gap_mode
+            transformed[0], transformed[1], tau, self.args.gap_mode, self.args.routing
         )
-        if self.args.routing == "rank_all":
-            rank_mask = valid.clone()
-        elif self.args.routing == "wsft_all":
-            rank_mask = torch.zeros_like(valid)
         weight_principled = labeling.soft_label_weights(
             transformed[0], transformed[1], self.args.sft_weighting, self.args.sft_temperature
         )
@@ -624,7 +747,7 @@ class PLETrainer(GRPOTrainer):
             else:
                 with use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=None):
                     sums, means, _ = self._pair_logps(self.model, inputs)
-        ranked_on = means if self.args.length_normalize or self.args.ranking_loss_type == "hinge" else sums
+        ranked_on = means if losses.ranks_on_mean(self.args.ranking_loss_type, self.args.length_normalize) else sums
         return ranked_on.transpose(0, 1)  # (pairs, 2)
 
     def _log_round(self, mode, tau, reward_plain, reward_principled, transformed, rank_mask, weight_principled, valid):
