@@ -134,7 +134,7 @@ def test_reward_funcs_resolution():
     assert path_func(completions=["good good bad"]) == [pytest.approx(1 / 3)]
     with pytest.raises(ValueError, match=r"--reward_funcs vadr.*vader_sentiment"):
         resolve_reward_funcs(["vadr"])
-    with pytest.raises(ValueError, match="could not import"):
+    with pytest.raises(ValueError, match="has no function .no_such_reward."):
         resolve_reward_funcs(["conftest.no_such_reward"])
 
 
@@ -156,7 +156,7 @@ def test_script_trains_a_full_model_from_csv(tmp_path, tiny_model_path):
     command = [
         sys.executable, str(SCRIPT),
         "--model_name_or_path", tiny_model_path, "--dataset_name", str(csv), "--prompt_column", "question",
-        "--reward_funcs", "my_rewards.has_good", "--principle", "be positive",
+        "--reward_funcs", "my_rewards.py:has_good", "--principle", "be positive",
         "--output_dir", str(output_dir), "--max_steps", "1", "--per_device_train_batch_size", "2",
         "--max_completion_length", "4", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
         "--bf16", "False", "--gradient_checkpointing", "False",
