@@ -160,21 +160,23 @@ class RewardModelScorer:
     @staticmethod
     def _label_index(label: str, config, model) -> int:
         num_labels = getattr(config, "num_labels", 1)
-        if num_labels < 2:
-            raise ValueError(
-                f"{_preview(model)} has a single output, so it is a reward model, not a classifier: leave `label` unset "
-                "(on the command line: pass it as `--reward_model_name_or_path` instead of "
-                "`--reward_classifier_name_or_path`)."
-            )
         labels = {str(name).lower(): int(index) for index, name in config.id2label.items()}
         if label.lower() in labels:
-            return labels[label.lower()]
-        if label.isdigit() and int(label) < num_labels:
-            return int(label)
-        raise ValueError(
-            f"`label={label!r}` (`--reward_classifier_label`) is not a label of {_preview(model)}, whose labels are "
-            f"{sorted(config.id2label.values())}. Use one of them, or an index below {num_labels}."
-        )
+            index = labels[label.lower()]
+        elif label.isdigit() and int(label) < num_labels:
+            index = int(label)
+        else:
+            raise ValueError(
+                f"`label={label!r}` (`--reward_classifier_label`) is not a label of {_preview(model)}, whose labels "
+                f"are {sorted(config.id2label.values())}. Use one of them, or an index below {num_labels}."
+            )
+        if num_labels < 2:
+            raise ValueError(
+                f"{_preview(model)} has a single output, so it is a reward model, not a classifier: leave `label` "
+                "unset (on the command line: pass it as `--reward_model_name_or_path` instead of "
+                "`--reward_classifier_name_or_path`)."
+            )
+        return index
 
     def texts(self, prompts, completions) -> list[str]:
         """
