@@ -143,7 +143,9 @@ def generate_answers(
                     **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
                 )
             decoded = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            answers += [[{"role": "assistant", "content": t.strip()}] if conversational else t.strip() for t in decoded]
+            answers += [
+                [{"role": "assistant", "content": t.strip()}] if conversational else t.strip() for t in decoded
+            ]
     finally:
         model.train(was_training)
     return answers

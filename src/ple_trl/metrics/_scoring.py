@@ -85,4 +85,6 @@ def _make_scorer(reward_fn, reward_model, reward_tokenizer, reward_kwargs, batch
         return lambda prompts, completions: _reward_fn_scores(reward_fn, prompts, completions, reward_kwargs or {})
     if reward_kwargs:
         raise ValueError("`reward_kwargs` are only passed to `reward_fn`; drop them when using `reward_model`.")
-    return RewardModelScorer(reward_model, reward_tokenizer, batch_size=batch_size, max_length=max_length, device=device)
+    return RewardModelScorer(
+        reward_model, reward_tokenizer, batch_size=batch_size, max_length=max_length, device=device
+    )

@@ -122,7 +122,7 @@ class RewardModelScorer:
         self.truncated_model = (
             LeftTruncatingRewardModel(self.model, max_length, keep_first) if max_length is not None else self.model
         )
-        path = model if isinstance(model, (str, os.PathLike)) else getattr(config, "_name_or_path", "") or "reward_model"
+        path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else config._name_or_path or "reward_model"
         name = os.path.basename(os.path.normpath(path))
         self.__name__ = name if label is None else f"{name}_{label}"
 

@@ -31,6 +31,7 @@ from .utils import _column_names, config_argv, load_split, prepare_prompt_datase
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class PLEScriptArguments(ScriptArguments):
     """
