@@ -48,7 +48,9 @@ def test_text_prompts_reach_a_chat_model_through_its_template(tiny_model_path, g
     new_ids = [row for _, output in generate_calls for row in output]
     assert answers == [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_ids]
     assert all(isinstance(answer, str) for answer in answers)
+    model.train()  # dropout would make answers random: generation runs in eval mode, then restores the mode
     assert generate_answers(model, tokenizer, PROMPTS, max_new_tokens=3) == answers  # greedy: deterministic
+    assert model.training
 
     generate_calls.clear()
     generate_answers(model, tokenizer, PROMPTS[:1], max_new_tokens=3, chat_template="off")
@@ -145,3 +147,7 @@ def test_evaluate_models_refuses_bad_input_before_loading_anything():
 def test_format_table_aligns_columns_by_hand():
     table = format_table([["a", 1.23456, None], ["bb", float("nan"), "x"]], ["k", "v", "w"])
     assert table == "k   v      w\n--  -----  -\na   1.235  -\nbb  nan    x"
+    right = format_table([["a", 1.5], ["bb", 10.25]], ["k", "v"], align="<>")
+    assert right == "k       v\n--  -----\na     1.5\nbb  10.25"
+    with pytest.raises(ValueError, match="one `<` or `>` per column"):
+        format_table([["a"]], ["k"], align="<>")

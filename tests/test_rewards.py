@@ -76,6 +76,9 @@ def test_reward_model_scores_the_end_of_a_long_text(reward_model):
     )
     # The start of the text (what right truncation keeps) scores differently: the test tells the two apart.
     assert first_logits(model, [ids[0][:4]])[0][0] != pytest.approx(expected[0], abs=1e-4)
+    model.train()
+    assert scorer([""], [SHORT]) == pytest.approx(expected[1:], abs=1e-5) and model.training  # scored in eval mode
+    model.eval()
     # Batching and padding change nothing; an unlimited scorer sees the whole text.
     batched = RewardModelScorer(model, tokenizer, max_length=4, batch_size=2)
     assert batched(prompts=["", ""], completions=[LONG, SHORT]) == pytest.approx(expected, abs=1e-5)

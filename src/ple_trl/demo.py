@@ -204,7 +204,7 @@ def before_after_table(results: dict) -> str:
         f"{settings['max_completion_length']} tokens; reward = VADER compound + profanity penalty, scored against the "
         "plain prompt."
     )
-    return intro + "\n\n" + format_table(rows, ["", "before", "after", "change"])
+    return intro + "\n\n" + format_table(rows, ["", "before", "after", "change"], align="<>>>")
 
 
 def run_demo(*args, threads: int | None = None, **kwargs) -> dict:

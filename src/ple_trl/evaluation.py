@@ -15,10 +15,28 @@ print(results_table(results))
 import math
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 
 CHAT_TEMPLATE_CHOICES = ("auto", "on", "off")
 
-__all__ = ["evaluate_models", "format_table", "generate_answers", "load_causal_lm", "results_table"]
+__all__ = ["eval_mode", "evaluate_models", "format_table", "generate_answers", "load_causal_lm", "results_table"]
+
+
+@contextmanager
+def eval_mode(model):
+    """
+    Put `model` in eval mode (no dropout) for the block, then back in the mode it came in: scoring or answering
+    during training must not switch the policy's training mode.
+
+    Args:
+        model (`torch.nn.Module`): the model.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32"):
@@ -123,10 +141,8 @@ def generate_answers(
             "`tokenizer.pad_token = tokenizer.eos_token`."
         )
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    was_training = model.training
-    model.eval()
     answers = []
-    try:
+    with eval_mode(model), torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
             if templated:
@@ -138,20 +154,17 @@ def generate_answers(
             inputs = tokenizer(
                 texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=not templated
             ).to(model.device)
-            with torch.no_grad():
-                output = model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
-                )
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+            )
             decoded = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             answers += [
                 [{"role": "assistant", "content": t.strip()}] if conversational else t.strip() for t in decoded
             ]
-    finally:
-        model.train(was_training)
     return answers
 
 
-def format_table(rows: list[list], headers: list[str]) -> str:
+def format_table(rows: list[list], headers: list[str], align: str | None = None) -> str:
     """
     Render rows as a plain-text table: a header line, a rule, then one line per row, columns aligned.
 
@@ -159,6 +172,8 @@ def format_table(rows: list[list], headers: list[str]) -> str:
         rows (`list[list]`): the cells; `None` prints as `-`, a float with 4 significant digits, anything else as
             `str(value)` (pass strings to format numbers your way).
         headers (`list[str]`): one title per column.
+        align (`str` or `None`, *optional*, defaults to `None`): one character per column, `<` (left) or `>` (right);
+            `None` aligns every column left.
 
     Returns:
         `str`
@@ -171,9 +186,15 @@ def format_table(rows: list[list], headers: list[str]) -> str:
             return "nan" if math.isnan(value) else f"{value:.4g}"
         return str(value)
 
+    align = align or "<" * len(headers)
+    if len(align) != len(headers) or set(align) - {"<", ">"}:
+        raise ValueError(f"`align={align!r}` must have one `<` or `>` per column ({len(headers)} columns).")
     table = [headers, *[[cell(value) for value in row] for row in rows]]
     widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)) for row in table]
+    lines = [
+        "  ".join(f"{value:{side}{width}}" for value, side, width in zip(row, align, widths, strict=True))
+        for row in table
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
 
@@ -252,7 +273,7 @@ def evaluate_models(
     from . import metrics
     from .rewards import completion_text
 
-    models = list(models)
+    models, prompts = list(models), list(prompts)
     if not 1 <= len(models) <= 2:
         raise ValueError(f"`models={models}`: give one model, or two to compare them.")
     if len(set(models)) != len(models):
@@ -262,7 +283,6 @@ def evaluate_models(
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"{len(references)} references for {len(prompts)} prompts: give one reference per prompt.")
     sources = _reward_sources(rewards)
-    prompts = list(prompts)
     torch.manual_seed(seed)
 
     answers, judge = {}, None

@@ -209,14 +209,13 @@ class RewardModelScorer:
                 )
         return texts
 
-    @torch.no_grad()
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        from ..evaluation import eval_mode
+
         texts = self.texts(prompts, completions)
         device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
         rewards = []
-        try:
+        with eval_mode(self.model), torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
                 batch = self.tokenizer(
                     texts[start : start + self.batch_size],
@@ -239,6 +238,4 @@ class RewardModelScorer:
                 else:
                     scores = logits[:, 0].sigmoid() if self.sigmoid else logits[:, 0]
                 rewards.extend(scores.cpu().tolist())
-        finally:
-            self.model.train(was_training)
         return rewards
