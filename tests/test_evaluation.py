@@ -68,6 +68,8 @@ def test_conversations_and_chat_template_choices(tiny_model_path):
     )
     with pytest.raises(ValueError, match="`chat_template='off'`, but the prompts are conversations"):
         generate_answers(model, tokenizer, chats, chat_template="off")
+    with pytest.raises(ValueError, match="must be one of"):
+        generate_answers(model, tokenizer, chats, chat_template="yes")
     with pytest.raises(ValueError, match="mix text and conversations"):
         generate_answers(model, tokenizer, [PROMPTS[0], chats[0]])
     tokenizer.chat_template = None

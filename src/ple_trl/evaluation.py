@@ -69,11 +69,18 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32"):
     return model.to(PartialState().device).eval(), tokenizer
 
 
-def _uses_chat_template(tokenizer, chat_template) -> bool:
-    if chat_template is True or chat_template is False:
+def _uses_chat_template(tokenizer, chat_template, conversational: bool) -> bool:
+    if isinstance(chat_template, bool):
         chat_template = "on" if chat_template else "off"
     if chat_template not in CHAT_TEMPLATE_CHOICES:
         raise ValueError(f"`chat_template={chat_template!r}` must be one of {CHAT_TEMPLATE_CHOICES} (or a bool).")
+    if conversational:
+        if chat_template == "off":
+            raise ValueError(
+                "`chat_template='off'`, but the prompts are conversations, which only a chat template can render. "
+                "Pass `chat_template='auto'`, or give text prompts."
+            )
+        chat_template = "on"
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat_template == "on" and not has_template:
         raise ValueError(
@@ -129,12 +136,7 @@ def generate_answers(
     if len(kinds) > 1:
         raise ValueError("The prompts mix text and conversations; give all of them in one format.")
     conversational = kinds == {True}
-    if conversational and chat_template in ("off", False):
-        raise ValueError(
-            f"`chat_template={chat_template!r}`, but the prompts are conversations, which only a chat template can "
-            "render. Pass `chat_template='auto'`, or give text prompts."
-        )
-    templated = _uses_chat_template(tokenizer, "on" if conversational else chat_template)
+    templated = _uses_chat_template(tokenizer, chat_template, conversational)
     if tokenizer.pad_token_id is None:
         raise ValueError(
             "The tokenizer has no pad token, so prompts cannot be batched; set one first, e.g. "

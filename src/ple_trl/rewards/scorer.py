@@ -152,8 +152,8 @@ class RewardModelScorer:
             tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
         if not callable(getattr(tokenizer, "apply_chat_template", None)):
             raise ValueError(
-                f"`reward_tokenizer`={_preview(tokenizer)} is not a tokenizer; pass a `PreTrainedTokenizerBase` or its "
-                "path."
+                f"`reward_tokenizer`={_preview(tokenizer)} is not a tokenizer; pass a `PreTrainedTokenizerBase` or "
+                "its path."
             )
         return model, tokenizer
 
