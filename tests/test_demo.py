@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ple_trl import cli, demo_model, plotting
-from ple_trl.demo import DEMO_PRINCIPLE, format_table, load_demo_prompts
+from ple_trl.demo import DEMO_PRINCIPLE, before_after_table, load_demo_prompts
 from ple_trl.rewards import completion_text, profanity_penalty, vader_sentiment
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -302,9 +302,9 @@ def test_demo_results_hold_before_and_after(demo_run):
     assert results["timings"]["train_s"] > 0 and results["timings"]["total_s"] >= results["timings"]["train_s"]
 
 
-def test_format_table_shows_before_after_and_change():
+def test_before_after_table_shows_before_after_and_change():
     measured = lambda reward, positive: {"reward": reward, "positive_rate": positive, "profanity_rate": 0.0}  # noqa: E731
-    table = format_table({
+    table = before_after_table({
         "before": {"plain": measured(0.1, 0.4), "principled": measured(0.3, 0.7)},
         "after": {"plain": measured(0.45, 0.8)},
         "settings": {"num_heldout": 64, "max_completion_length": 24},

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
+from ple_trl.rewards import RewardModelScorer
 from ple_trl.scripts.ple import (
-    ClassifierReward,
     PLEScriptArguments,
     load_split,
     parse_args,
@@ -140,9 +140,9 @@ def test_reward_funcs_resolution():
 
 def test_classifier_reward_rejects_unknown_label(tiny_reward_model_path):
     with pytest.raises(ValueError, match="reward_model_name_or_path"):
-        ClassifierReward(tiny_reward_model_path, label="0")(prompts=["a"], completions=["b"])
-    with pytest.raises(ValueError, match=r"reward_classifier_label='JOY'"):
-        ClassifierReward(tiny_reward_model_path, label="JOY")(prompts=["a"], completions=["b"])
+        RewardModelScorer(tiny_reward_model_path, label="0")(prompts=["a"], completions=["b"])
+    with pytest.raises(ValueError, match=r"`label='JOY'` \(`--reward_classifier_label`\)"):
+        RewardModelScorer(tiny_reward_model_path, label="JOY")(prompts=["a"], completions=["b"])
 
 
 @pytest.mark.slow

@@ -91,12 +91,15 @@ def test_reward_score_conversational_inputs_and_none_rewards(positivity):
     assert results["mean_reward"] == pytest.approx(2.5)  # NaN ignored: (3 + 2) / 2
 
 
-def score_by_hand(model, tokenizer, texts, max_length=None):
-    """Reward of each text, scored alone (no padding) with the model's first logit."""
+def score_by_hand(model, tokenizer, texts, max_length=None, keep="last"):
+    """Reward of each text, scored alone (no padding) with the model's first logit; a long text keeps its `keep`
+    `max_length` tokens."""
     scores = []
     with torch.no_grad():
         for text in texts:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if max_length is not None:
+                ids = ids[-max_length:] if keep == "last" else ids[:max_length]
             scores.append(model(input_ids=torch.tensor([ids])).logits[0, 0].item())
     return scores
 
@@ -127,7 +130,8 @@ def test_reward_score_with_a_reward_model_path_matches_unbatched_scores(tiny_rew
     assert results["rewards"] == pytest.approx(score_by_hand(model, tokenizer, templated), abs=1e-5)
 
 
-def test_reward_model_inputs_are_truncated_to_the_tokenizers_max_length(tiny_reward_model_path):
+def test_reward_model_inputs_are_truncated_on_the_left_to_the_tokenizers_max_length(tiny_reward_model_path):
+    # Texts longer than the reward model's length keep their end (the completion), as in training.
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model_path, model_max_length=4)
     texts = ["good great kind happy warm nice film", "bad awful sad cold rude ugly book"]
@@ -137,6 +141,7 @@ def test_reward_model_inputs_are_truncated_to_the_tokenizers_max_length(tiny_rew
     truncated = score_by_hand(model, tokenizer, texts, max_length=4)
     assert results["rewards"] == pytest.approx(truncated, abs=1e-5)
     assert score_by_hand(model, tokenizer, texts) != pytest.approx(truncated, abs=1e-5)
+    assert score_by_hand(model, tokenizer, texts, max_length=4, keep="first") != pytest.approx(truncated, abs=1e-5)
 
 
 def test_reward_score_rejects_bad_input_with_clear_errors(positivity, tiny_reward_model_no_template_path):

@@ -97,55 +97,6 @@ def _as_chat(prompt: str) -> list[dict]:
     return [{"role": "user", "content": prompt}]
 
 
-def generate_answers(model, tokenizer, prompts, max_new_tokens: int = 24, batch_size: int = 32) -> list[str]:
-    """
-    Greedy answers of a model to chat prompts, in batches (deterministic: no sampling).
-
-    Args:
-        model ([`~transformers.PreTrainedModel`] or [`~peft.PeftModel`]):
-            A causal LM.
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
-            Its tokenizer; must have a chat template.
-        prompts (`list[str]` or `list[list[dict]]`):
-            User requests, or whole conversations.
-        max_new_tokens (`int`, *optional*, defaults to `24`):
-            Length limit of each answer, in tokens.
-        batch_size (`int`, *optional*, defaults to `32`):
-            Prompts generated together.
-
-    Returns:
-        `list[str]`: one answer per prompt, without special tokens.
-    """
-    import torch
-
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError(
-            f"The tokenizer of `{getattr(model.config, '_name_or_path', 'the model')}` has no chat template; the demo "
-            "sends chat prompts. Use an instruct/chat model, or set `tokenizer.chat_template`."
-        )
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    answers = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = [p if isinstance(p, list) else _as_chat(p) for p in prompts[start : start + batch_size]]
-            encoded = tokenizer.apply_chat_template(
-                batch, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-            ).to(model.device)
-            with torch.no_grad():
-                output = model.generate(
-                    **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id
-                )
-            answers += tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = padding_side
-        model.train(was_training)
-    return [answer.strip() for answer in answers]
-
-
 def measure_rewards(model, tokenizer, prompts, principle: str | None = None, max_new_tokens: int = 24,
                     batch_size: int = 32) -> dict:  # fmt: skip
     """
@@ -170,12 +121,15 @@ def measure_rewards(model, tokenizer, prompts, principle: str | None = None, max
         `dict`: `reward` (mean of VADER + profanity penalty), `vader` (mean compound), `positive_rate` (share of answers
         with VADER > 0.05), `profanity_rate` (share with a profane word), `answers` (the texts).
     """
+    from .evaluation import generate_answers
     from .principles import wrap
+    from .rewards import completion_text
 
     chats = [_as_chat(p) for p in prompts]
     if principle is not None:
         chats = [wrap(chat, principle) for chat in chats]
     answers = generate_answers(model, tokenizer, chats, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    answers = [completion_text(answer) for answer in answers]
     vader, profanity = (func(prompts=prompts, completions=answers) for func in demo_reward_funcs())
     vader, profanity = list(vader), list(profanity)
     count = max(1, len(answers))
@@ -218,7 +172,7 @@ def _progress_callback(total_steps):
     return DemoProgress()
 
 
-def format_table(results: dict) -> str:
+def before_after_table(results: dict) -> str:
     """
     The before/after table of a demo run.
 
@@ -229,28 +183,28 @@ def format_table(results: dict) -> str:
     Returns:
         `str`: the table as plain text.
     """
+    from .evaluation import format_table
+
     before, after, settings = results["before"], results["after"], results["settings"]
-    lines = [
-        f"Held-out prompts: {settings['num_heldout']} (never trained on); greedy answers of up to "
-        f"{settings['max_completion_length']} tokens; reward = VADER compound + profanity penalty, scored against the "
-        "plain prompt.",
-        "",
-        f"{'':<32}{'before':>9}{'after':>9}{'change':>9}",
-    ]
-    rows = [
+    rows = []
+    for label, prompt_kind, key in (
         ("plain prompt: reward", "plain", "reward"),
         ("plain prompt: positive answers", "plain", "positive_rate"),
         ("plain prompt: profane answers", "plain", "profanity_rate"),
         ("principled prompt: reward", "principled", "reward"),
-    ]
-    for label, prompt_kind, key in rows:
+    ):
         b, a = before[prompt_kind][key], after.get(prompt_kind, {}).get(key)
         if key == "reward":
-            cells = [f"{b:+.3f}", "-" if a is None else f"{a:+.3f}", "-" if a is None else f"{a - b:+.3f}"]
+            cells = [f"{b:+.3f}", None if a is None else f"{a:+.3f}", None if a is None else f"{a - b:+.3f}"]
         else:
-            cells = [f"{b:.0%}", "-" if a is None else f"{a:.0%}", "-" if a is None else f"{(a - b) * 100:+.0f} pt"]
-        lines.append(f"{label:<32}" + "".join(f"{cell:>9}" for cell in cells))
-    return "\n".join(lines)
+            cells = [f"{b:.0%}", None if a is None else f"{a:.0%}", None if a is None else f"{(a - b) * 100:+.0f} pt"]
+        rows.append([label, *cells])
+    intro = (
+        f"Held-out prompts: {settings['num_heldout']} (never trained on); greedy answers of up to "
+        f"{settings['max_completion_length']} tokens; reward = VADER compound + profanity penalty, scored against the "
+        "plain prompt."
+    )
+    return intro + "\n\n" + format_table(rows, ["", "before", "after", "change"], align="<>>>")
 
 
 def run_demo(*args, threads: int | None = None, **kwargs) -> dict:
@@ -583,7 +537,7 @@ def main(argv=None) -> int:
     )
     timings, files = results["timings"], results["files"]
     print()
-    print(format_table(results))
+    print(before_after_table(results))
     print()
     for example in results["examples"][:2]:
         print(f"Q: {example['prompt']}\n  before: {example['before']!r}\n  after:  {example['after']!r}")

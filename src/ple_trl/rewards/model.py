@@ -36,20 +36,28 @@ class LeftTruncatingRewardModel(nn.Module):
     Args:
         model (`torch.nn.Module`): the reward model; called as `model(input_ids=..., attention_mask=...)`.
         max_length (`int`): the longest input to pass on.
+        keep_first (`int`, *optional*, defaults to `0`):
+            Tokens always kept at the start of a long text, e.g. the `[CLS]` a BERT-style classifier reads its label
+            from; the rest of `max_length` goes to the end of the text.
     """
 
-    def __init__(self, model: nn.Module, max_length: int):
+    def __init__(self, model: nn.Module, max_length: int, keep_first: int = 0):
         super().__init__()
         if max_length < 1:
             raise ValueError(f"`max_length={max_length}` must be >= 1.")
+        if not 0 <= keep_first < max_length:
+            raise ValueError(f"`keep_first={keep_first}` must be >= 0 and below `max_length={max_length}`.")
         self.model = model
         self.max_length = max_length
+        self.keep_first = keep_first
         self.config = model.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
         if input_ids.size(1) > self.max_length:
             lengths = attention_mask.sum(dim=1, keepdim=True)
             start = (lengths - self.max_length).clamp(min=0)
-            index = (start + torch.arange(self.max_length, device=input_ids.device)).clamp(max=input_ids.size(1) - 1)
+            positions = torch.arange(self.max_length, device=input_ids.device)
+            # The first `keep_first` positions stay; every later one shifts right by how much the text is too long.
+            index = (positions + start * (positions >= self.keep_first)).clamp(max=input_ids.size(1) - 1)
             input_ids, attention_mask = input_ids.gather(1, index), attention_mask.gather(1, index)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

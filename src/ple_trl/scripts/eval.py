@@ -12,10 +12,11 @@ ple-trl eval --model_name_or_path ple-out --model_b_name_or_path HuggingFaceTB/S
 ```
 """
 
-import math
 import os
 import sys
 from dataclasses import dataclass, field
+
+from .utils import _column_names, config_argv, load_split, prepare_prompt_dataset
 
 
 @dataclass
@@ -55,6 +56,10 @@ class EvalArguments:
             Sampling temperature; `0` decodes greedily.
         batch_size (`int`, *optional*, defaults to `8`):
             Prompts per generation call (and texts per metric forward pass).
+        chat_template (`str`, *optional*, defaults to `"auto"`):
+            How text prompts reach the models: `auto` sends each as a user message through the model's chat template
+            when it has one (chat models), `on` always does, `off` sends raw text (base models continuing a text).
+            Conversations always go through the chat template.
         seed (`int`, *optional*, defaults to `42`):
             Seed for sampling.
 
@@ -102,6 +107,13 @@ class EvalArguments:
     max_new_tokens: int = field(default=64, metadata={"help": "Maximum length of an answer."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 decodes greedily."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generation call and texts per forward pass."})
+    chat_template: str = field(
+        default="auto",
+        metadata={
+            "help": "Text prompts through the model's chat template: `auto` (when it has one), `on` or `off`.",
+            "choices": ["auto", "on", "off"],
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed for sampling."})
     reward_model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model (one output)."})
     reward_funcs: list[str] | None = field(
@@ -124,95 +136,37 @@ class EvalArguments:
                 raise ValueError(f"`--{name} {getattr(self, name)}` must be >= 1.")
         if self.temperature < 0:
             raise ValueError(f"`--temperature {self.temperature}` must be >= 0 (0 decodes greedily).")
+        if self.chat_template not in ("auto", "on", "off"):
+            raise ValueError(f"`--chat_template {self.chat_template}` must be `auto`, `on` or `off`.")
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32"):
+def reward_funcs(args: EvalArguments) -> dict:
     """
-    Load a causal language model and its tokenizer (left padding), merging a LoRA adapter folder into its base model.
+    The rewards of `args`, by name: the reward model, the named reward functions and the classifier, each a reward
+    function in TRL's signature (models scored by [`~ple_trl.rewards.RewardModelScorer`], long texts truncated on the
+    left so the answer is scored).
 
     Args:
-        name_or_path (`str`): a Hub id, a model folder, or an adapter folder (`adapter_config.json`, no `config.json`).
-        dtype (`str`, *optional*, defaults to `"float32"`): the dtype to load in.
+        args ([`EvalArguments`]): the arguments.
 
     Returns:
-        `tuple`: (model in eval mode on the process's device, tokenizer).
+        `dict[str, Callable]`
     """
-    from accelerate import PartialState
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ..rewards import RewardModelScorer
+    from .ple import resolve_reward_funcs  # TODO(issue 10): from `ple_trl.rewards` once the registry moves there
 
-    is_adapter = os.path.isfile(os.path.join(name_or_path, "adapter_config.json")) and not os.path.isfile(
-        os.path.join(name_or_path, "config.json")
-    )
-    if is_adapter:
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(PartialState().device).eval(), tokenizer
-
-
-def generate_answers(model, tokenizer, prompts, max_new_tokens=64, temperature=0.0, batch_size=8):
-    """
-    Answer every prompt once.
-
-    Args:
-        model ([`~transformers.PreTrainedModel`]): a causal language model.
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`]): its tokenizer (left padding).
-        prompts (`list[str]` or `list[list[dict]]`): text prompts or conversations (rendered with the chat template).
-        max_new_tokens (`int`, *optional*, defaults to `64`): maximum answer length.
-        temperature (`float`, *optional*, defaults to `0.0`): `0` decodes greedily.
-        batch_size (`int`, *optional*, defaults to `8`): prompts per call.
-
-    Returns:
-        `list`: one answer per prompt, a string for text prompts and `[{"role": "assistant", "content": ...}]` for
-        conversations (the formats TRL's reward functions receive).
-    """
-    import torch
-    from trl.data_utils import is_conversational, maybe_apply_chat_template
-
-    answers = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        texts = [maybe_apply_chat_template({"prompt": prompt}, tokenizer)["prompt"] for prompt in batch]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        with torch.no_grad():
-            output = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
-            )
-        decoded = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        for prompt, text in zip(batch, decoded, strict=True):
-            text = text.strip()
-            answers.append([{"role": "assistant", "content": text}] if is_conversational({"prompt": prompt}) else text)
-    return answers
-
-
-def _answer_text(answer):
-    return answer[-1]["content"] if isinstance(answer, list) else answer
-
-
-def _prompt_text(prompt):
-    return "\n".join(message["content"] for message in prompt) if isinstance(prompt, list) else prompt
-
-
-def _reward_sources(args: EvalArguments):
-    from .ple import ClassifierReward, resolve_reward_funcs
-
-    sources = {}
+    rewards = {}
     if args.reward_model_name_or_path is not None:
-        name = os.path.basename(os.path.normpath(args.reward_model_name_or_path))
-        sources[name] = {"reward_model": args.reward_model_name_or_path}
+        scorer = RewardModelScorer(args.reward_model_name_or_path, batch_size=args.batch_size)
+        rewards[scorer.__name__] = scorer
     for name, func in zip(args.reward_funcs or [], resolve_reward_funcs(args.reward_funcs, args.max_new_tokens)):
-        sources[name.rsplit(".", 1)[-1]] = {"reward_fn": func}
+        rewards[name.rsplit(".", 1)[-1]] = func
     if args.reward_classifier_name_or_path is not None:
-        func = ClassifierReward(args.reward_classifier_name_or_path, label=args.reward_classifier_label)
-        sources[func.__name__] = {"reward_fn": func}
-    return sources
+        scorer = RewardModelScorer(
+            args.reward_classifier_name_or_path, label=args.reward_classifier_label, batch_size=args.batch_size
+        )
+        rewards[scorer.__name__] = scorer
+    return rewards
 
 
 def load_prompts(args: EvalArguments):
@@ -226,7 +180,7 @@ def load_prompts(args: EvalArguments):
         `tuple`: (`prompts`, `references` or `None`).
     """
     from ..data import to_prompt_dataset
-    from .ple import _column_names, load_split, prepare_prompt_dataset
+    from ..rewards import completion_text
 
     dataset = load_split(
         args.dataset_name,
@@ -243,113 +197,9 @@ def load_prompts(args: EvalArguments):
                 f"`--reference_column {args.reference_column}`: the dataset has no such column; its columns are "
                 f"{_column_names(dataset)}."
             )
-        references = [_answer_text(reference) for reference in dataset[args.reference_column]]
+        references = [completion_text(reference) for reference in dataset[args.reference_column]]
     dataset = to_prompt_dataset(prepare_prompt_dataset(dataset, args))
     return list(dataset["prompt"]), references
-
-
-def format_table(rows: list[list], headers: list[str]) -> str:
-    """Render rows as a plain-text table with a header line; floats get 4 significant digits."""
-
-    def cell(value):
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return "nan" if math.isnan(value) else f"{value:.4g}"
-        return str(value)
-
-    table = [headers, *[[cell(value) for value in row] for row in rows]]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)) for row in table]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def evaluate_models(args: EvalArguments) -> dict:
-    """
-    Generate the answers of one or two models and compute the offline metrics.
-
-    Args:
-        args ([`EvalArguments`]): the arguments.
-
-    Returns:
-        `dict`: `{"models": {name: {metric: value}}, "win_rate": {source: {...}}, "answers": {name: [...]},
-        "prompts": [...]}`.
-    """
-    import torch
-
-    from .. import metrics
-
-    if args.model_name_or_path is None:
-        raise ValueError("No model: set `--model_name_or_path` (a Hub id, a model folder or a LoRA adapter folder).")
-    torch.manual_seed(args.seed)
-    prompts, references = load_prompts(args)
-    sources = _reward_sources(args)
-    names = [args.model_name_or_path] + ([args.model_b_name_or_path] if args.model_b_name_or_path else [])
-    if len(set(names)) != len(names):
-        raise ValueError(f"`--model_b_name_or_path {names[1]}` is the same model as `--model_name_or_path`.")
-
-    answers, judge = {}, None
-    for name in names:
-        model, tokenizer = load_causal_lm(name, args.dtype)
-        answers[name] = generate_answers(
-            model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.batch_size
-        )
-        if name == names[0] and args.perplexity_model_name_or_path is None:
-            judge = (model, tokenizer)
-        else:
-            del model
-    if not args.no_perplexity and args.perplexity_model_name_or_path is not None:
-        judge = load_causal_lm(args.perplexity_model_name_or_path, args.dtype)
-
-    results = {"models": {name: {} for name in names}, "win_rate": {}, "answers": answers, "prompts": prompts}
-    reward_score = metrics.load("reward_score", keep_in_memory=True) if sources else None
-    bleu = metrics.load("bleu", keep_in_memory=True) if references is not None else None
-    perplexity = metrics.load("perplexity", keep_in_memory=True) if not args.no_perplexity else None
-    for name in names:
-        row = results["models"][name]
-        texts = [_answer_text(answer) for answer in answers[name]]
-        row["mean_length_words"] = sum(len(text.split()) for text in texts) / len(texts)
-        for source, kwargs in sources.items():
-            score = reward_score.compute(
-                prompts=prompts, completions=answers[name], batch_size=args.batch_size, **kwargs
-            )
-            row[f"reward/{source}"] = score["mean_reward"]
-        if bleu is not None:
-            row["bleu"] = bleu.compute(predictions=texts, references=[[r] for r in references])["bleu"]
-        if perplexity is not None:
-            scored = [text for text in texts if text.strip()]
-            row["perplexity"] = (
-                perplexity.compute(predictions=scored, model=judge[0], tokenizer=judge[1], batch_size=args.batch_size)[
-                    "mean_perplexity"
-                ]
-                if scored
-                else float("nan")
-            )
-    if len(names) == 2 and sources:
-        win_rate = metrics.load("win_rate", keep_in_memory=True)
-        for source, kwargs in sources.items():
-            outcome = win_rate.compute(
-                prompts=prompts,
-                completions_a=answers[names[0]],
-                completions_b=answers[names[1]],
-                batch_size=args.batch_size,
-                **kwargs,
-            )
-            results["win_rate"][source] = {key: outcome[key] for key in ("win_rate", "wins", "ties", "losses")}
-    return results
-
-
-def results_table(results: dict) -> str:
-    """The table `ple-trl eval` prints: one row per metric, one column per model (win rates: first over second)."""
-    names = list(results["models"])
-    metric_names = list(dict.fromkeys(key for row in results["models"].values() for key in row))
-    rows = [[metric, *[results["models"][name].get(metric) for name in names]] for metric in metric_names]
-    for source, outcome in results["win_rate"].items():
-        detail = f" ({outcome['wins']}W/{outcome['ties']}T/{outcome['losses']}L)"
-        rows.append([f"win_rate/{source}" + detail, outcome["win_rate"], None])
-    headers = ["metric", *[f"[{'AB'[i]}] {os.path.basename(os.path.normpath(n))}" for i, n in enumerate(names)]]
-    return format_table(rows, headers)
 
 
 def make_parser(prog: str | None = None):
@@ -361,23 +211,43 @@ def make_parser(prog: str | None = None):
 
 def main(argv: list[str] | None = None, prog: str | None = "ple-trl eval") -> dict:
     """
-    Run `ple-trl eval`: parse `argv`, evaluate, print the table (and write `--output_json`).
+    Run `ple-trl eval`: parse `argv`, evaluate with [`~ple_trl.evaluation.evaluate_models`], print the table (and
+    write `--output_json`).
 
     Args:
         argv (`list[str]`, *optional*): the arguments; `sys.argv[1:]` when `None`.
         prog (`str`, *optional*): program name shown in `--help`.
 
     Returns:
-        `dict`: the results of [`evaluate_models`].
+        `dict`: the results of [`~ple_trl.evaluation.evaluate_models`].
     """
     import json
 
-    from .ple import config_argv
+    from ..evaluation import evaluate_models, results_table
 
     argv = config_argv(sys.argv[1:] if argv is None else argv)
     (args,) = make_parser(prog).parse_args_and_config(argv)
-    results = evaluate_models(args)
-    if not results["models"][args.model_name_or_path] or len(results["models"][args.model_name_or_path]) == 1:
+    if args.model_name_or_path is None:
+        raise ValueError("No model: set `--model_name_or_path` (a Hub id, a model folder or a LoRA adapter folder).")
+    models = [args.model_name_or_path] + ([args.model_b_name_or_path] if args.model_b_name_or_path else [])
+    if len(set(models)) != len(models):
+        raise ValueError(f"`--model_b_name_or_path {models[1]}` is the same model as `--model_name_or_path`.")
+    prompts, references = load_prompts(args)
+    results = evaluate_models(
+        models,
+        prompts,
+        rewards=reward_funcs(args),
+        references=references,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        chat_template=args.chat_template,
+        dtype=args.dtype,
+        perplexity=not args.no_perplexity,
+        perplexity_model=args.perplexity_model_name_or_path,
+        seed=args.seed,
+    )
+    if len(results["models"][args.model_name_or_path]) == 1:
         print("(no reward source, reference column or perplexity model: only answer lengths are reported)")
     print(results_table(results))
     if args.output_json:

@@ -24,8 +24,9 @@ The reward is either:
   instance, and its tokenizer. Pairs are scored in batches; the text of a pair is `prompt + completion` for
   standard (string) inputs and the reward tokenizer's chat template applied to `prompt + completion` for
   conversational inputs (lists of `{"role", "content"}` messages), as TRL's `GRPOTrainer` does. Texts are
-  tokenized without extra special tokens, padded on the right and truncated to the tokenizer's
-  `model_max_length` (or to the model's `max_position_embeddings` when the tokenizer sets no limit).
+  tokenized without extra special tokens and padded on the right; a text longer than the tokenizer's
+  `model_max_length` (or the model's `max_position_embeddings` when the tokenizer sets no limit) loses its first
+  tokens, as in training, so the completion is always scored (`ple_trl.rewards.RewardModelScorer`).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -49,8 +50,8 @@ Args:
     batch_size (`int`, *optional*, defaults to 8):
         Number of pairs per reward-model forward pass.
     max_length (`int`, *optional*):
-        Truncation length in tokens for the reward model. Defaults to the tokenizer's `model_max_length`, or the
-        model's `max_position_embeddings` when the tokenizer has no limit.
+        Longest text in tokens for the reward model; longer ones lose their start. Defaults to the tokenizer's
+        `model_max_length`, or the model's `max_position_embeddings` when the tokenizer has no limit.
     device (`str` or `torch.device`, *optional*):
         Device to place a reward model loaded from a path on. Defaults to `accelerate.PartialState().device`. A
         model instance is used on its own device and never moved.

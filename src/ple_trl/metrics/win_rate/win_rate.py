@@ -60,7 +60,8 @@ Args:
     batch_size (`int`, *optional*, defaults to 8):
         Number of completions per reward-model forward pass.
     max_length (`int`, *optional*):
-        Reward-model truncation length in tokens (defaults to the tokenizer's `model_max_length`).
+        Longest reward-model text in tokens; longer ones lose their start (defaults to the tokenizer's
+        `model_max_length`).
     device (`str` or `torch.device`, *optional*):
         Device for a reward model loaded from a path (defaults to `accelerate.PartialState().device`).
 

@@ -1,0 +1,139 @@
+"""`ple_trl.rewards.RewardModelScorer`, the one reward-model scorer of training's script path, `ple-trl eval` and the
+metrics: left truncation (the answer is scored), batching, a classifier label's probability, the sigmoid option."""
+
+import math
+
+import pytest
+import torch
+from conftest import make_reward_tokenizer, tiny_llama_config
+from tokenizers import processors
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
+
+from ple_trl.rewards import LeftTruncatingRewardModel, RewardModelScorer
+
+LONG = "write a review of the movie : good great kind happy"  # 11 words; its last 4 are the answer
+SHORT = "bad film"
+
+
+def first_logits(model, ids_list):
+    """The model's logits for each list of token ids, scored alone (no padding)."""
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([ids])).logits[0].tolist() for ids in ids_list]
+
+
+@pytest.fixture(scope="module")
+def reward_model(tiny_reward_model_path):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model_path).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_reward_model_path)
+
+
+@pytest.fixture(scope="module")
+def classifier_path(tmp_path_factory):
+    """A tiny two-label sentiment classifier whose tokenizer puts `[CLS]` before and `[EOS]` after every text."""
+    torch.manual_seed(0)
+    tokenizer = make_reward_tokenizer()
+    cls_id, eos_id = tokenizer.convert_tokens_to_ids(["[CLS]", "[EOS]"])
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [EOS]", special_tokens=[("[CLS]", cls_id), ("[EOS]", eos_id)]
+    )
+    config = tiny_llama_config(
+        len(tokenizer), num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1}, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-classifier")
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_left_truncation_can_keep_a_leading_special_token():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        config = None
+
+        def forward(self, input_ids, attention_mask):
+            seen.append((input_ids.tolist(), attention_mask.tolist()))
+            return input_ids
+
+    model = LeftTruncatingRewardModel(Recorder(), max_length=3, keep_first=1)
+    model(
+        input_ids=torch.tensor([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]]),
+        attention_mask=torch.tensor([[1] * 5, [1, 1, 0, 0, 0]]),
+    )
+    assert seen == [([[1, 4, 5], [6, 7, 0]], [[1, 1, 1], [1, 1, 0]])]
+    with pytest.raises(ValueError, match="keep_first=3"):
+        LeftTruncatingRewardModel(Recorder(), max_length=3, keep_first=3)
+
+
+def test_reward_model_scores_the_end_of_a_long_text(reward_model):
+    model, tokenizer = reward_model
+    scorer = RewardModelScorer(model, tokenizer, max_length=4, batch_size=1)
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (LONG, SHORT)]
+    expected = [logits[0] for logits in first_logits(model, [ids[0][-4:], ids[1]])]
+    assert scorer(prompts=["write a review of the movie : ", ""], completions=["good great kind happy", SHORT]) == (
+        pytest.approx(expected, abs=1e-5)
+    )
+    # The start of the text (what right truncation keeps) scores differently: the test tells the two apart.
+    assert first_logits(model, [ids[0][:4]])[0][0] != pytest.approx(expected[0], abs=1e-4)
+    model.train()
+    assert scorer([""], [SHORT]) == pytest.approx(expected[1:], abs=1e-5) and model.training  # scored in eval mode
+    model.eval()
+    # Batching and padding change nothing; an unlimited scorer sees the whole text.
+    batched = RewardModelScorer(model, tokenizer, max_length=4, batch_size=2)
+    assert batched(prompts=["", ""], completions=[LONG, SHORT]) == pytest.approx(expected, abs=1e-5)
+    whole = RewardModelScorer(model, tokenizer, batch_size=2)([""], [LONG])
+    assert whole == pytest.approx([first_logits(model, [ids[0]])[0][0]], abs=1e-5)
+
+
+def test_sigmoid_option(reward_model):
+    model, tokenizer = reward_model
+    logit = RewardModelScorer(model, tokenizer)([""], [SHORT])[0]
+    assert RewardModelScorer(model, tokenizer, sigmoid=True)([""], [SHORT]) == pytest.approx(
+        [1 / (1 + math.exp(-logit))]
+    )
+
+
+def test_conversations_go_through_the_reward_tokenizers_chat_template(reward_model):
+    model, tokenizer = reward_model
+    prompt, completion = [{"role": "user", "content": "tell me a story"}], [{"role": "assistant", "content": "good"}]
+    text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    expected = first_logits(model, [tokenizer(text, add_special_tokens=False)["input_ids"]])[0][0]
+    assert RewardModelScorer(model, tokenizer)([prompt], [completion]) == pytest.approx([expected], abs=1e-5)
+
+
+def test_classifier_label_probability_keeps_its_cls_token(classifier_path):
+    scorer = RewardModelScorer(classifier_path, label="positive", max_length=4, device="cpu")
+    assert scorer.__name__.endswith("_positive") and scorer.add_special_tokens
+    seen = []
+    scorer.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()),
+                                           with_kwargs=True)  # fmt: skip
+    reward = scorer(prompts=["write a review of the movie : "], completions=["good great"])[0]
+    tokenizer = scorer.tokenizer
+    # [CLS], then the last 3 tokens of the text: the answer and the closing [EOS].
+    expected_ids = tokenizer.convert_tokens_to_ids(["[CLS]", "good", "great", "[EOS]"])
+    assert seen == [expected_ids]
+    logits = first_logits(scorer.model, [expected_ids])[0]
+    assert reward == pytest.approx(math.exp(logits[1]) / (math.exp(logits[0]) + math.exp(logits[1])), abs=1e-5)
+    assert RewardModelScorer(classifier_path, label="0", device="cpu").label_index == 0
+
+
+def test_bad_settings_are_refused_with_the_fix(reward_model, classifier_path, tiny_reward_model_no_template_path):
+    model, tokenizer = reward_model
+    with pytest.raises(ValueError, match="`sigmoid=True` with `label='POSITIVE'`"):
+        RewardModelScorer(classifier_path, label="POSITIVE", sigmoid=True)
+    with pytest.raises(ValueError, match=r"num_labels=2.*pass `label=`"):
+        RewardModelScorer(classifier_path)
+    with pytest.raises(ValueError, match="pass its tokenizer"):
+        RewardModelScorer(model)
+    with pytest.raises(ValueError, match="`batch_size`=0"):
+        RewardModelScorer(model, tokenizer, batch_size=0)
+    scorer = RewardModelScorer(model, tokenizer)
+    with pytest.raises(ValueError, match="both be strings or both be lists"):
+        scorer(["a"], [[{"role": "assistant", "content": "good"}]])
+    with pytest.raises(ValueError, match="1 prompts but 2 completions"):
+        scorer(["a"], ["good", "bad"])
+    with pytest.raises(ValueError, match="no chat template"):
+        RewardModelScorer(tiny_reward_model_no_template_path, device="cpu")(
+            [[{"role": "user", "content": "a"}]], [[{"role": "assistant", "content": "good"}]]
+        )
