@@ -1087,8 +1087,8 @@ class PLETrainer(GRPOTrainer):
         else:
             iteration = "one epoch"
         reference = f", beta={args.beta}" if self.beta > 0 else " (no reference model)"
-        weights = self.reward_weights.tolist()
-        rewards = ", ".join(f"`{name}` (weight {w:g})" for name, w in zip(self.reward_func_names, weights, strict=True))
+        weights = zip(self.reward_func_names, self.reward_weights.tolist(), strict=True)
+        rewards = ", ".join(f"`{name}` (weight {weight:g})" for name, weight in weights)
         lines = [
             "### PLE settings",
             "",
