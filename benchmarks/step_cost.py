@@ -344,8 +344,7 @@ class Limit:
         completions = self.tokenizer.batch_decode(completion_ids.masked_fill(after_eos, self.tokenizer.pad_token_id),
                                                   skip_special_tokens=True)  # fmt: skip
         rewards = torch.tensor(lexicon_reward(prompts + prompts, completions), device=self.opts.device).view(2, num)
-        rank_mask, preferred, valid = self.labeling.route_pairs(rewards[0], rewards[1], 0.2, "signed")
-        weight = self.labeling.soft_label_weights(rewards[0], rewards[1], "softmax", 1.0)
+        labels = self.labeling.enhance(rewards[0], rewards[1], 0.2)
 
         prompt_ids, prompt_mask = self._encode(prompts)
         ids = torch.cat([prompt_ids.repeat(2, 1), completion_ids], dim=1)
@@ -355,10 +354,7 @@ class Limit:
         per_token = torch.gather(logits.log_softmax(-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
         sums = self.losses.sequence_logps(per_token, completion_mask).view(2, num)
         means = self.losses.sequence_logps(per_token, completion_mask, length_normalize=True).view(2, num)
-        loss, _, _ = self.losses.ple_loss(
-            plain_logps=sums[0], principled_logps=sums[1], plain_mean_logps=means[0], principled_mean_logps=means[1],
-            rank_mask=rank_mask, principled_preferred=preferred, weight_principled=weight, valid=valid,
-        )  # fmt: skip
+        loss = self.losses.ple_loss(labels, self.losses.PairLogps(sums, means)).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

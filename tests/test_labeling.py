@@ -136,3 +136,56 @@ def test_wsft_all_ranks_no_pair():
         torch.tensor([0.0, 0.0]), torch.tensor([5.0, math.nan]), 0.2, routing="wsft_all"
     )
     assert rank.tolist() == [False, False] and valid.tolist() == [True, False]
+
+
+def test_enhance_routes_weights_and_gaps_by_hand():
+    plain = torch.tensor([0.0, 0.0, 1.0, math.nan])
+    principled = torch.tensor([0.5, 0.1, 0.0, 1.0])
+    labels = labeling.enhance(plain, principled, 0.2)
+    assert labels.rank_mask.tolist() == [True, False, False, False]  # gaps 0.5 > 0.2; 0.1 and -1 are not
+    assert labels.principled_preferred.tolist() == [True, True, True, True]
+    assert labels.valid.tolist() == [True, True, True, False]
+    sigmoid = [1 / (1 + math.exp(-gap)) for gap in (0.5, 0.1, -1.0)]
+    assert labels.weight_principled[:3].tolist() == pytest.approx(sigmoid)
+    assert math.isnan(labels.weight_principled[3].item())
+    assert labels.gap[:3].tolist() == pytest.approx([0.5, 0.1, -1.0])
+
+
+def test_enhance_transforms_the_rewards_before_routing_and_weighting():
+    # sigmoid(0.5) - sigmoid(0) = 0.1225 < 0.2: ranked on raw rewards, not on transformed ones.
+    labels = labeling.enhance(torch.tensor([0.0]), torch.tensor([0.5]), 0.2, reward_transform="sigmoid")
+    assert labels.rank_mask.tolist() == [False]
+    gap = 1 / (1 + math.exp(-0.5)) - 0.5
+    assert labels.gap.item() == pytest.approx(gap)
+    assert labels.weight_principled.item() == pytest.approx(1 / (1 + math.exp(-gap)))
+
+
+def test_enhance_with_absolute_gaps_prefers_the_higher_reward():
+    labels = labeling.enhance(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.1]), 0.2, gap_mode="absolute")
+    assert labels.rank_mask.tolist() == [True, False]
+    assert labels.principled_preferred.tolist() == [False, True]
+    assert labels.gap.tolist() == pytest.approx([-1.0, 0.1])  # the logged gap stays signed
+
+
+@pytest.mark.parametrize("routing,ranked", [("rank_all", [True, True]), ("wsft_all", [False, False])])
+def test_enhance_applies_the_routing_ablations(routing, ranked):
+    labels = labeling.enhance(torch.tensor([0.0, 0.9]), torch.tensor([0.9, 0.0]), 0.2, routing=routing)
+    assert labels.rank_mask.tolist() == ranked
+    if routing == "rank_all":
+        assert labels.principled_preferred.tolist() == [True, False]
+
+
+def test_enhance_weights_follow_sft_weighting_and_temperature():
+    plain, principled = torch.tensor([0.25]), torch.tensor([0.75])
+    assert labeling.enhance(plain, principled, 0.9, sft_weighting="linear").weight_principled.item() == 0.75
+    assert labeling.enhance(plain, principled, 0.9, sft_weighting="equal").weight_principled.item() == 0.5
+    soft = labeling.enhance(plain, principled, 0.9, sft_temperature=0.5).weight_principled.item()
+    assert soft == pytest.approx(1 / (1 + math.exp(-1.0)))
+
+
+def test_enhanced_labels_select_picks_the_same_pairs_in_every_field():
+    labels = labeling.enhance(torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.5, 0.1, 0.3]), 0.2)
+    local = labels.select(slice(1, 3))
+    assert local.rank_mask.tolist() == [False, True]
+    assert local.gap.tolist() == pytest.approx([0.1, 0.3])
+    assert all(field.shape == (2,) for field in local)

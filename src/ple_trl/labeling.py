@@ -1,10 +1,11 @@
 """PLE's label enhancement: the threshold schedule, the reward transform, routing and soft-label weights.
 
-Pure tensor-in, tensor-out functions, with no trainer in them. The trainer calls them once per pair and per
-generation round, on rewards gathered from every process, so every process takes the same decisions.
+Pure tensor-in, tensor-out functions, with no trainer in them. The trainer calls [`enhance`] once per generation
+round, on rewards gathered from every process, so every process takes the same decisions.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -170,3 +171,61 @@ def soft_label_weights(
         weights = torch.full_like(reward_plain, 0.5)
         return torch.where(torch.isfinite(reward_plain) & torch.isfinite(reward_principled), weights, math.nan)
     raise ValueError(f"Unknown `sft_weighting={weighting!r}`; use one of {SFT_WEIGHTINGS}.")
+
+
+class EnhancedLabels(NamedTuple):
+    """
+    The enhanced labels of a batch of pairs, from [`enhance`]; every field has shape `(num_pairs,)`.
+
+    Attributes:
+        rank_mask (`torch.Tensor`): `True` where the pair is trained with the ranking loss.
+        principled_preferred (`torch.Tensor`): `True` where a ranked pair prefers the principle-guided answer.
+        weight_principled (`torch.Tensor`): `w_p` of the weighted SFT loss (NaN for an invalid pair).
+        valid (`torch.Tensor`): `True` where both rewards are finite; the other pairs are skipped.
+        gap (`torch.Tensor`): signed gap `r_p - r` of the transformed rewards (the scale tau is read on), whatever
+            `gap_mode` is; NaN for an invalid pair.
+    """
+
+    rank_mask: torch.Tensor
+    principled_preferred: torch.Tensor
+    weight_principled: torch.Tensor
+    valid: torch.Tensor
+    gap: torch.Tensor
+
+    def select(self, index) -> "EnhancedLabels":
+        """The labels of the pairs `index` picks (a slice, an index tensor or a mask)."""
+        return EnhancedLabels(*(field[index] for field in self))
+
+
+def enhance(
+    reward_plain: torch.Tensor,
+    reward_principled: torch.Tensor,
+    tau: float,
+    *,
+    gap_mode: str = "signed",
+    reward_transform: str = "none",
+    routing: str = "threshold",
+    sft_weighting: str = "softmax",
+    sft_temperature: float = 1.0,
+) -> EnhancedLabels:
+    """
+    PLE's label enhancement of one generation round: transform the rewards ([`transform_rewards`], over the plain and
+    principled rewards together), route each pair ([`route_pairs`]) and weight its answers ([`soft_label_weights`]).
+
+    Args:
+        reward_plain (`torch.Tensor`): rewards of the plain answers (NaN if unscorable), shape `(num_pairs,)`.
+        reward_principled (`torch.Tensor`): rewards of the principle-guided answers, shape `(num_pairs,)`.
+        tau (`float`): current threshold.
+        gap_mode (`str`, *optional*, defaults to `"signed"`): `"signed"` or `"absolute"`.
+        reward_transform (`str`, *optional*, defaults to `"none"`): `"none"`, `"sigmoid"` or `"zscore"`.
+        routing (`str`, *optional*, defaults to `"threshold"`): `"threshold"`, `"rank_all"` or `"wsft_all"`.
+        sft_weighting (`str`, *optional*, defaults to `"softmax"`): `"softmax"`, `"linear"` or `"equal"`.
+        sft_temperature (`float`, *optional*, defaults to `1.0`): softmax temperature.
+
+    Returns:
+        [`EnhancedLabels`]: the routing, preferred side, soft-label weights, validity and gap of each pair.
+    """
+    plain, principled = transform_rewards(torch.stack([reward_plain, reward_principled]), reward_transform)
+    rank_mask, principled_preferred, valid = route_pairs(plain, principled, tau, gap_mode, routing)
+    weight_principled = soft_label_weights(plain, principled, sft_weighting, sft_temperature)
+    return EnhancedLabels(rank_mask, principled_preferred, weight_principled, valid, principled - plain)

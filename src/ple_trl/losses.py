@@ -2,11 +2,15 @@
 
 `l(y|x)` is the sum of the log-probabilities of an answer's tokens given the plain prompt, `lbar(y|x)` their mean.
 Everything here is a pure tensor function; the trainer computes the log-probabilities in one forward pass and calls
-`ple_loss`.
+`ple_loss` with them and the labels of [`~ple_trl.labeling.enhance`].
 """
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from .labeling import EnhancedLabels
 
 RANKING_LOSS_TYPES = ("sigmoid", "hinge", "dpo", "ipo")
 REFERENCE_LOSS_TYPES = ("dpo", "ipo")
@@ -114,24 +118,66 @@ def weighted_sft_loss(
     return -(weight_principled * principled_mean_logps + (1 - weight_principled) * plain_mean_logps)
 
 
+class PairLogps(NamedTuple):
+    """
+    Log-probabilities of both answers of each pair, conditioned on the plain prompt: row 0 holds the plain answers,
+    row 1 the principle-guided ones.
+
+    Attributes:
+        sums (`torch.Tensor`): summed answer log-probs `l(.|x)`, shape `(2, num_pairs)`.
+        means (`torch.Tensor`): mean answer log-probs `lbar(.|x)`, shape `(2, num_pairs)`.
+        reference (`torch.Tensor`, *optional*): the reference model's log-probs on the ranking scale (see
+            [`ranking_logps`]), shape `(2, num_pairs)`; needed by `"dpo"`/`"ipo"`.
+    """
+
+    sums: torch.Tensor
+    means: torch.Tensor
+    reference: torch.Tensor | None = None
+
+
+class PLELoss(NamedTuple):
+    """
+    Result of [`ple_loss`].
+
+    Attributes:
+        loss (`torch.Tensor`): the scalar loss, the mean over valid pairs.
+        rank_losses, wsft_losses (`torch.Tensor`): per-pair losses of each branch (zero where it does not apply).
+        rank_mask, wsft_mask (`torch.Tensor`): the pairs each branch applies to (invalid pairs are in neither).
+    """
+
+    loss: torch.Tensor
+    rank_losses: torch.Tensor
+    wsft_losses: torch.Tensor
+    rank_mask: torch.Tensor
+    wsft_mask: torch.Tensor
+
+
+def ranking_logps(logps: PairLogps, ranking_loss_type: str, length_normalize: bool = False) -> torch.Tensor:
+    """
+    The log-probs the ranking loss compares: the means or the sums of `logps`, by [`ranks_on_mean`]. Use it for the
+    reference model's log-probs too, so that both are on the same scale.
+
+    Args:
+        logps ([`PairLogps`]): the pair log-probs.
+        ranking_loss_type (`str`): one of `"sigmoid"`, `"hinge"`, `"dpo"`, `"ipo"`.
+        length_normalize (`bool`, *optional*, defaults to `False`): rank on means whatever the loss.
+
+    Returns:
+        `torch.Tensor`: shape `(2, num_pairs)`.
+    """
+    return logps.means if ranks_on_mean(ranking_loss_type, length_normalize) else logps.sums
+
+
 def ple_loss(
-    plain_logps: torch.Tensor,
-    principled_logps: torch.Tensor,
-    plain_mean_logps: torch.Tensor,
-    principled_mean_logps: torch.Tensor,
-    rank_mask: torch.Tensor,
-    principled_preferred: torch.Tensor,
-    weight_principled: torch.Tensor,
-    valid: torch.Tensor,
+    labels: EnhancedLabels,
+    logps: PairLogps,
     ranking_loss_type: str = "sigmoid",
     length_normalize: bool = False,
     rank_coef: float = 1.0,
     wsft_coef: float = 1.0,
     rank_sft_coef: float = 0.0,
     beta: float = 0.0,
-    ref_plain_logps: torch.Tensor | None = None,
-    ref_principled_logps: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> PLELoss:
     """
     The routed PLE loss of a batch of pairs, both answers conditioned on the plain prompt.
 
@@ -139,10 +185,9 @@ def ple_loss(
     `wsft_coef * L_wsft`, invalid pairs (NaN reward) get nothing; the result is the mean over valid pairs.
 
     Args:
-        plain_logps, principled_logps (`torch.Tensor`): summed answer log-probs `l(.|x)`, shape `(num_pairs,)`.
-        plain_mean_logps, principled_mean_logps (`torch.Tensor`): mean answer log-probs `lbar(.|x)`.
-        rank_mask, principled_preferred, valid (`torch.Tensor`): booleans from [`~ple_trl.labeling.route_pairs`].
-        weight_principled (`torch.Tensor`): `w_p` from [`~ple_trl.labeling.soft_label_weights`].
+        labels ([`~ple_trl.labeling.EnhancedLabels`]): the enhanced labels from [`~ple_trl.labeling.enhance`] (only
+            `rank_mask`, `principled_preferred`, `weight_principled` and `valid` are read).
+        logps ([`PairLogps`]): the policy's pair log-probs, and the reference's for `"dpo"`/`"ipo"`.
         ranking_loss_type (`str`, *optional*, defaults to `"sigmoid"`): see [`ranking_loss`].
         length_normalize (`bool`, *optional*, defaults to `False`): rank on `lbar` instead of `l` (`"hinge"` and
             `"ipo"` always rank on `lbar`; see [`ranks_on_mean`]).
@@ -150,31 +195,29 @@ def ple_loss(
         rank_sft_coef (`float`, *optional*, defaults to `0.0`): extra NLL (mean token) on the preferred answer of a
             ranked pair.
         beta (`float`, *optional*, defaults to `0.0`): reference anchor for `"dpo"`/`"ipo"`.
-        ref_plain_logps, ref_principled_logps (`torch.Tensor`, *optional*): reference log-probs, same form as the
-            policy's ones used for ranking.
 
     Returns:
-        `tuple`: `(loss, rank_losses, wsft_losses)`: the scalar loss, and the per-pair losses of each branch (zero
-        where the branch does not apply), for logging.
+        [`PLELoss`]: the scalar loss, the per-pair losses of each branch and the masks of the pairs they apply to.
     """
-    normalize = ranks_on_mean(ranking_loss_type, length_normalize)
-    rank_plain = plain_mean_logps if normalize else plain_logps
-    rank_principled = principled_mean_logps if normalize else principled_logps
-    chosen = torch.where(principled_preferred, rank_principled, rank_plain)
-    rejected = torch.where(principled_preferred, rank_plain, rank_principled)
+    preferred = labels.principled_preferred
+    rank_plain, rank_principled = ranking_logps(logps, ranking_loss_type, length_normalize)
+    plain_mean, principled_mean = logps.means
+    chosen = torch.where(preferred, rank_principled, rank_plain)
+    rejected = torch.where(preferred, rank_plain, rank_principled)
     ref_chosen = ref_rejected = None
-    if ref_plain_logps is not None and ref_principled_logps is not None:
-        ref_chosen = torch.where(principled_preferred, ref_principled_logps, ref_plain_logps)
-        ref_rejected = torch.where(principled_preferred, ref_plain_logps, ref_principled_logps)
+    if logps.reference is not None:
+        ref_plain, ref_principled = logps.reference
+        ref_chosen = torch.where(preferred, ref_principled, ref_plain)
+        ref_rejected = torch.where(preferred, ref_plain, ref_principled)
     rank = ranking_loss(chosen, rejected, ranking_loss_type, beta, ref_chosen, ref_rejected)
     if rank_sft_coef:
-        preferred_mean = torch.where(principled_preferred, principled_mean_logps, plain_mean_logps)
-        rank = rank - rank_sft_coef * preferred_mean
+        rank = rank - rank_sft_coef * torch.where(preferred, principled_mean, plain_mean)
     # NaN weights belong to skipped pairs: zero them so they cannot leak NaN through torch.where's gradient.
-    weights = torch.nan_to_num(weight_principled, nan=0.5)
-    wsft = weighted_sft_loss(plain_mean_logps, principled_mean_logps, weights)
+    weights = torch.nan_to_num(labels.weight_principled, nan=0.5)
+    wsft = weighted_sft_loss(plain_mean, principled_mean, weights)
 
-    rank_mask, valid = rank_mask & valid, valid.bool()
+    valid = labels.valid.bool()
+    rank_mask = labels.rank_mask & valid
     wsft_mask = valid & ~rank_mask
     zero = torch.zeros_like(rank)
     rank_losses = torch.where(rank_mask, rank, zero)
@@ -183,4 +226,4 @@ def ple_loss(
     # Mean over valid pairs; with none valid this is 0 but still attached to the graph, so every process runs the
     # same backward (DDP would hang otherwise).
     loss = per_pair.sum() / valid.sum().clamp(min=1)
-    return loss, rank_losses, wsft_losses
+    return PLELoss(loss, rank_losses, wsft_losses, rank_mask, wsft_mask)

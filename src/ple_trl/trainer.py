@@ -556,7 +556,6 @@ class PLETrainer(GRPOTrainer):
         return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.nan, rewards), rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        device = self.accelerator.device
         mode = "train" if self.model.training else "eval"
         num_pairs = len(inputs)
         plain_prompts = [example["prompt"] for example in inputs]
@@ -590,64 +589,41 @@ class PLETrainer(GRPOTrainer):
 
         # Label enhancement on the rewards of every process, so every process takes the same decisions.
         tau = self.tau
-        transformed = labeling.transform_rewards(
-            torch.stack([reward_plain, reward_principled]), self.args.reward_transform
+        labels = labeling.enhance(
+            reward_plain,
+            reward_principled,
+            tau,
+            gap_mode=self.args.gap_mode,
+            reward_transform=self.args.reward_transform,
+            routing=self.args.routing,
+            sft_weighting=self.args.sft_weighting,
+            sft_temperature=self.args.sft_temperature,
         )
-        rank_mask, principled_preferred, valid = labeling.route_pairs(
-            transformed[0], transformed[1], tau, self.args.gap_mode, self.args.routing
-        )
-        weight_principled = labeling.soft_label_weights(
-            transformed[0], transformed[1], self.args.sft_weighting, self.args.sft_temperature
-        )
-        self._log_round(mode, tau, reward_plain, reward_principled, transformed, rank_mask, weight_principled, valid)
-        if self.args.save_enhanced_labels and mode == "train":
-            self._save_labels(
-                plain_prompts, principles, completions, reward_plain, reward_principled, rank_mask,
-                principled_preferred, weight_principled, valid, tau,
-            )  # fmt: skip
-        if self.log_completions:
-            self._add_completion_rows(
-                plain_prompts, principles, completions, reward_plain, reward_principled, rewards_per_func, rank_mask,
-                weight_principled, valid, tau, extra_columns,
-            )  # fmt: skip
+        self._log_round(mode, tau, reward_plain, reward_principled, labels)
+        save_labels = self.args.save_enhanced_labels and mode == "train"
+        if save_labels or self.log_completions:
+            texts = gather_object(
+                [
+                    (prompt, principle, completions[i], completions[num_pairs + i])
+                    for i, (prompt, principle) in enumerate(zip(plain_prompts, principles, strict=True))
+                ]
+            )
+            pair_rewards = torch.stack([reward_plain, reward_principled])
+            if save_labels:
+                self._save_labels(texts, pair_rewards, labels, tau)
+            if self.log_completions:
+                self._add_completion_rows(texts, pair_rewards, rewards_per_func, labels, tau, extra_columns)
 
         local = slice(self.accelerator.process_index * num_pairs, (self.accelerator.process_index + 1) * num_pairs)
-        prompt_ids = pad(
-            [torch.tensor(ids) for ids in prompt_ids_list[:num_pairs]],
-            padding_value=self._tokenizer.pad_token_id,
-            padding_side="left",
-            pad_to_multiple_of=self.pad_to_multiple_of,
-        ).to(device)
-        prompt_mask = (
-            pad(
-                [torch.ones(len(ids), dtype=torch.long) for ids in prompt_ids_list[:num_pairs]],
-                padding_value=0,
-                padding_side="left",
-                pad_to_multiple_of=self.pad_to_multiple_of,
-            )
-        ).to(device)
-        completion_ids = pad(
-            [torch.tensor(ids, dtype=torch.long) for ids in completion_ids_list],
-            padding_value=self._tokenizer.pad_token_id,
-            padding_side="right",
-            pad_to_multiple_of=self.pad_to_multiple_of,
-        ).to(device)
-        completion_mask = pad(
-            [torch.ones(len(ids), dtype=torch.long) for ids in completion_ids_list],
-            padding_value=0,
-            padding_side="right",
-            pad_to_multiple_of=self.pad_to_multiple_of,
-        ).to(device)
+        prompt_ids, prompt_mask = self._pad_ids(prompt_ids_list[:num_pairs], padding_side="left")
+        completion_ids, completion_mask = self._pad_ids(completion_ids_list, padding_side="right")
         # (2 * pairs, length) -> (pairs, 2, length): a pair's answers travel together through shuffling and splitting.
         output = {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
             "completion_ids": completion_ids.view(2, num_pairs, -1).transpose(0, 1),
             "completion_mask": completion_mask.view(2, num_pairs, -1).transpose(0, 1),
-            "rank_mask": rank_mask[local],
-            "principled_preferred": principled_preferred[local],
-            "weight_principled": weight_principled[local],
-            "valid": valid[local],
+            **labels.select(local)._asdict(),
         }
         if images is not None:
             output.update(self._multimodal_forward_kwargs(model_prompts, images))
@@ -655,6 +631,16 @@ class PLETrainer(GRPOTrainer):
             with torch.no_grad():
                 output["ref_logps"] = self._reference_logps(output)
         return output
+
+    def _pad_ids(self, id_lists, padding_side):
+        """Pad token id lists into `(ids, mask)` tensors on the device, as GRPO pads its prompts and completions."""
+        ids = [torch.tensor(ids, dtype=torch.long) for ids in id_lists]
+        masks = [torch.ones(len(row), dtype=torch.long) for row in ids]
+        kwargs = {"padding_side": padding_side, "pad_to_multiple_of": self.pad_to_multiple_of}
+        device = self.accelerator.device
+        return pad(ids, padding_value=self._tokenizer.pad_token_id, **kwargs).to(device), pad(
+            masks, padding_value=0, **kwargs
+        ).to(device)
 
     @staticmethod
     def _dataset_images(inputs):
@@ -747,11 +733,14 @@ class PLETrainer(GRPOTrainer):
             else:
                 with use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=None):
                     sums, means, _ = self._pair_logps(self.model, inputs)
-        ranked_on = means if losses.ranks_on_mean(self.args.ranking_loss_type, self.args.length_normalize) else sums
-        return ranked_on.transpose(0, 1)  # (pairs, 2)
+        ranked_on = losses.ranking_logps(
+            losses.PairLogps(sums, means), self.args.ranking_loss_type, self.args.length_normalize
+        )
+        return ranked_on.transpose(0, 1)  # (pairs, 2): a pair's two values travel together, like its answers
 
-    def _log_round(self, mode, tau, reward_plain, reward_principled, transformed, rank_mask, weight_principled, valid):
+    def _log_round(self, mode, tau, reward_plain, reward_principled, labels):
         metrics = self._metrics[mode]
+        rank_mask, valid = labels.rank_mask, labels.valid
         num_valid = valid.sum()
         skipped = int((~valid).sum())
         metrics["ple/tau"].append(tau)
@@ -770,8 +759,8 @@ class PLETrainer(GRPOTrainer):
                 rank_mask.sum() / num_valid,
                 reward_plain[valid].mean(),
                 reward_principled[valid].mean(),
-                (transformed[1] - transformed[0])[valid].mean(),
-                weight_principled[wsft].mean() if wsft.any() else torch.tensor(torch.nan, device=valid.device),
+                labels.gap[valid].mean(),
+                labels.weight_principled[wsft].mean() if wsft.any() else torch.tensor(torch.nan, device=valid.device),
             ]
         ).tolist()  # one device sync for all of them
         for name, value in zip(
@@ -816,21 +805,15 @@ class PLETrainer(GRPOTrainer):
         self._pending_metrics.clear()
         return extra_columns
 
-    def _add_completion_rows(self, prompts, principles, completions, reward_plain, reward_principled, rewards_per_func,
-                             rank_mask, weight_principled, valid, tau, extra_columns):  # fmt: skip
-        num_pairs = len(prompts)
-        texts = gather_object(
-            [
-                (prompt, principle, completions[i], completions[num_pairs + i])
-                for i, (prompt, principle) in enumerate(zip(prompts, principles, strict=True))
-            ]
-        )
+    def _add_completion_rows(self, texts, pair_rewards, rewards_per_func, labels, tau, extra_columns):
+        """Rows of the completions table: `texts` holds `(prompt, principle, plain, principled)` of every pair of every
+        process, `pair_rewards` their rewards `(2, pairs)`."""
         if not self.accelerator.is_main_process:
             return
         columns = torch.stack(
-            [reward_plain, reward_principled, rank_mask.float(), weight_principled, valid.float()]
+            [*pair_rewards, labels.rank_mask.float(), labels.weight_principled, labels.valid.float()]
         ).T.tolist()
-        per_func = rewards_per_func.view(self.accelerator.num_processes, 2, num_pairs, -1)
+        per_func = rewards_per_func.view(self.accelerator.num_processes, 2, -1, rewards_per_func.size(-1))
         per_func_plain = per_func[:, 0].flatten(0, 1).tolist()
         per_func_principled = per_func[:, 1].flatten(0, 1).tolist()
         for j, ((prompt, principle, plain, principled), (r, r_p, rank, w_p, ok)) in enumerate(zip(texts, columns)):
@@ -922,25 +905,17 @@ class PLETrainer(GRPOTrainer):
             table.add_section()
         Console().print(Panel(table, expand=False, title=f"Step {step}", border_style="bold white"))
 
-    def _save_labels(self, prompts, principles, completions, reward_plain, reward_principled, rank_mask,
-                     principled_preferred, weight_principled, valid, tau):  # fmt: skip
-        num_pairs = len(prompts)
-        texts = gather_object(
-            [
-                (prompt, principle, completions[i], completions[num_pairs + i])
-                for i, (prompt, principle) in enumerate(zip(prompts, principles, strict=True))
-            ]
-        )
+    def _save_labels(self, texts, pair_rewards, labels, tau):
+        """Append the round's labels to the audit log; `texts` and `pair_rewards` as in `_add_completion_rows`."""
         if not self.accelerator.is_main_process:
             return
         columns = torch.stack(
             [
-                reward_plain,
-                reward_principled,
-                rank_mask.float(),
-                principled_preferred.float(),
-                weight_principled,
-                valid.float(),
+                *pair_rewards,
+                labels.rank_mask.float(),
+                labels.principled_preferred.float(),
+                labels.weight_principled,
+                labels.valid.float(),
             ]  # fmt: skip
         ).T.tolist()
         path = os.path.join(self.args.output_dir, AUDIT_LOG_NAME)
@@ -1074,6 +1049,62 @@ class PLETrainer(GRPOTrainer):
                 ) from error
             raise
 
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """
+        TRL's model card (see [`~trl.GRPOTrainer.create_model_card`]), with a "PLE settings" section: the principles,
+        the threshold schedule, the routing, the losses and the rewards the model was trained with.
+        """
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        path = os.path.join(self.args.output_dir, "README.md")
+        if not self.is_world_process_zero() or not os.path.isfile(path):
+            return
+        with open(path) as f:
+            card = f.read()
+        section = self._ple_settings_section()
+        marker = "### Framework versions"
+        # Under "Training procedure", before the versions; at the end if TRL's template changes.
+        card = card.replace(marker, f"{section}\n{marker}", 1) if marker in card else f"{card.rstrip()}\n\n{section}"
+        with open(path, "w") as f:
+            f.write(card)
+
+    def _ple_settings_section(self) -> str:
+        args = self.args
+
+        def short(text, width=80):
+            return textwrap.shorten(" ".join(str(text).split()), width=width, placeholder="...")
+
+        if args.principles is not None:
+            principles = "; ".join(f'"{short(p, 60)}"' for p in args.principles[:5])
+            if len(args.principles) > 5:
+                principles += f" (and {len(args.principles) - 5} more)"
+            principles = f"{len(args.principles)}, one drawn per prompt: {principles}"
+        elif args.principle is not None:
+            principles = f'"{short(args.principle)}"'
+        else:
+            principles = "from the dataset's `principle` column"
+        if args.iteration_unit == "steps":
+            iteration = f"{args.steps_per_iteration} optimizer step(s)"
+        else:
+            iteration = "one epoch"
+        reference = f", beta={args.beta}" if self.beta > 0 else " (no reference model)"
+        weights = zip(self.reward_func_names, self.reward_weights.tolist(), strict=True)
+        rewards = ", ".join(f"`{name}` (weight {weight:g})" for name, weight in weights)
+        lines = [
+            "### PLE settings",
+            "",
+            f"- Principle(s): {principles}",
+            f"- Threshold: tau0={args.tau0}, alpha={args.alpha}, tau_min={args.tau_min}; one PLE iteration = "
+            f"{iteration}",
+            f"- Routing: {args.routing} (gap_mode={args.gap_mode}, reward_transform={args.reward_transform})",
+            f"- Ranking loss: {args.ranking_loss_type}{reference}, length_normalize={args.length_normalize}, "
+            f"rank_coef={args.rank_coef}, rank_sft_coef={args.rank_sft_coef}",
+            f"- Weighted SFT: sft_weighting={args.sft_weighting}, sft_temperature={args.sft_temperature}, "
+            f"wsft_coef={args.wsft_coef}",
+            f"- Rewards: {rewards}",
+            "",
+        ]
+        return "\n".join(lines)
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
@@ -1096,29 +1127,22 @@ class PLETrainer(GRPOTrainer):
         # The MoE load-balancing loss only in the policy's trained forward, as GRPO (not in the reference pass).
         sums, means, aux_loss = self._pair_logps(model, inputs, compute_aux_loss=self.aux_loss_enabled)
         ref_logps = inputs.get("ref_logps")
-        loss, rank_losses, wsft_losses = losses.ple_loss(
-            plain_logps=sums[0],
-            principled_logps=sums[1],
-            plain_mean_logps=means[0],
-            principled_mean_logps=means[1],
-            rank_mask=inputs["rank_mask"],
-            principled_preferred=inputs["principled_preferred"],
-            weight_principled=inputs["weight_principled"],
-            valid=inputs["valid"],
+        result = losses.ple_loss(
+            labeling.EnhancedLabels(*(inputs[name] for name in labeling.EnhancedLabels._fields)),
+            losses.PairLogps(sums, means, None if ref_logps is None else ref_logps.transpose(0, 1)),
             ranking_loss_type=self.args.ranking_loss_type,
             length_normalize=self.args.length_normalize,
             rank_coef=self.args.rank_coef,
             wsft_coef=self.args.wsft_coef,
             rank_sft_coef=self.args.rank_sft_coef,
             beta=self.beta,
-            ref_plain_logps=None if ref_logps is None else ref_logps[:, 0],
-            ref_principled_logps=None if ref_logps is None else ref_logps[:, 1],
         )
+        loss = result.loss
         # Global means of each branch's loss over the pairs it applies to (one reduction for the four numbers).
-        rank_mask = inputs["rank_mask"] & inputs["valid"]
-        wsft_mask = inputs["valid"] & ~inputs["rank_mask"]
         totals = self.accelerator.reduce(
-            torch.stack([rank_losses.sum(), rank_mask.sum(), wsft_losses.sum(), wsft_mask.sum()]).detach().float(),
+            torch.stack(
+                [result.rank_losses.sum(), result.rank_mask.sum(), result.wsft_losses.sum(), result.wsft_mask.sum()]
+            ).detach().float(),
             reduction="sum",
         ).tolist()
         if totals[1]:
