@@ -124,7 +124,9 @@ def constant(value, name):
 def test_init_minimal(tmp_path, tiny_model_path, tiny_reward_model_path, monkeypatch):
     # GRPO: model, reward model and dataset only. PLE also needs a principle: here from the dataset's column.
     monkeypatch.chdir(tmp_path)  # the default output_dir is relative
-    dataset = Dataset.from_dict({"prompt": PROMPTS, "principle": [PRINCIPLE] * len(PROMPTS)})
+    # The default config generates 8 pairs a round (`per_device_train_batch_size=8`): the dataset must fill one.
+    prompts = PROMPTS * (8 // len(PROMPTS) + 1)
+    dataset = Dataset.from_dict({"prompt": prompts, "principle": [PRINCIPLE] * len(prompts)})
     trainer = PLETrainer(model=tiny_model_path, reward_funcs=tiny_reward_model_path, train_dataset=dataset)
     assert isinstance(trainer, GRPOTrainer) and isinstance(trainer.args, PLEConfig)
 
