@@ -93,17 +93,19 @@ class PLEScriptArguments(RewardArguments, DataArguments, ScriptArguments):
             raise ValueError(f"`--max_train_samples {self.max_train_samples}` must be >= 1 (or left unset).")
         if self.sft_steps is not None and self.sft_steps < 0:
             raise ValueError(f"`--sft_steps {self.sft_steps}` must be >= 0 (0 switches the SFT stage off).")
-        has_sft_dataset = self.sft_dataset_name is not None or bool(self.sft_dataset_data_files)
-        if self.sft_steps and not has_sft_dataset:
+        if self.sft_steps and not self.has_sft_dataset:
             raise ValueError(
                 f"`--sft_steps {self.sft_steps}` is set but there is no SFT dataset. Add `--sft_dataset_name` (or "
                 "`--sft_dataset_data_files`), or drop `--sft_steps`."
             )
 
     @property
+    def has_sft_dataset(self) -> bool:
+        return self.sft_dataset_name is not None or bool(self.sft_dataset_data_files)
+
+    @property
     def has_sft_stage(self) -> bool:
-        has_sft_dataset = self.sft_dataset_name is not None or bool(self.sft_dataset_data_files)
-        return has_sft_dataset and self.sft_steps != 0
+        return self.has_sft_dataset and self.sft_steps != 0
 
 
 # --- rewards ---------------------------------------------------------------------------------------------------------
@@ -237,24 +239,18 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
             f"e.g. one of {sorted(reward_funcs_registry())}) or `--reward_classifier_name_or_path`."
         )
 
-    train_dataset = load_split(
-        script_args.dataset_name,
-        script_args.dataset_train_split,
-        config=script_args.dataset_config,
-        data_files=script_args.dataset_data_files,
-        streaming=script_args.dataset_streaming,
-    )
-    train_dataset = map_to_prompts(train_dataset, script_args, script_args.max_train_samples)
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = load_split(
+    def load(split, max_samples=None):
+        dataset = load_split(
             script_args.dataset_name,
-            script_args.dataset_test_split,
+            split,
             config=script_args.dataset_config,
             data_files=script_args.dataset_data_files,
             streaming=script_args.dataset_streaming,
         )
-        eval_dataset = map_to_prompts(eval_dataset, script_args)
+        return map_to_prompts(dataset, script_args, max_samples)
+
+    train_dataset = load(script_args.dataset_train_split, script_args.max_train_samples)
+    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
 
     model = model_args.model_name_or_path
     if script_args.has_sft_stage:
