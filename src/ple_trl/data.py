@@ -13,6 +13,11 @@ functions as keyword arguments (and a `principle` column overrides the configure
 `prepare_prompt_dataset` is where every dataset enters (training, evaluation, `trainer.evaluate(...)`): it also takes
 a list of rows, and checks every row up front, so that bad data fails at construction with the rows named, not
 mid-training.
+
+The command-line steps before it are here too, for `ple-trl train`, `ple-trl eval` and users' own scripts:
+`load_split` reads a Hub id, a `save_to_disk` folder or local data files (through TRL's `get_dataset`), and
+`map_to_prompts` maps columns onto these formats and cuts prompts (`--prompt_column`, `--prompt_end_marker`,
+`--prompt_max_words`).
 """
 
 import logging
@@ -335,12 +340,12 @@ def load_split(
                 f"that split as `{split}=path.jsonl`, or choose another split."
             )
         paths = [path for paths in splits.values() for path in paths]
-        config = DatasetConfig(path=_file_format(paths, argument), data_files=splits, split=split)
+        source = DatasetConfig(path=_file_format(paths, argument), data_files=splits, split=split)
         streaming = False
     else:
-        config = DatasetConfig(path=name, name=config, data_files=data_files, split=split)
+        source = DatasetConfig(path=name, name=config, data_files=data_files, split=split)
     # `get_dataset` returns the loaded split under the key "train", whatever its name.
-    return get_dataset(DatasetMixtureConfig(datasets=[config], streaming=streaming))["train"]
+    return get_dataset(DatasetMixtureConfig(datasets=[source], streaming=streaming))["train"]
 
 
 def dataset_columns(dataset) -> list[str]:
