@@ -1,4 +1,4 @@
-"""Command-line glue shared by the `ple-trl train` and `ple-trl eval` scripts (dataset steps live in `ple_trl.data`)."""
+"""Command-line glue shared by `ple-trl train` and `ple-trl eval` (the dataset steps live in `ple_trl.data`)."""
 
 import os
 
