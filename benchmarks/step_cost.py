@@ -47,6 +47,7 @@ from transformers.trainer_callback import PrinterCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import peak_memory_bytes, reset_peak_memory, synchronize  # noqa: E402
 from tiny_model import NEGATIVE_WORDS, POSITIVE_WORDS, build_tiny_llama  # noqa: E402
 
 PROMPTS = [
@@ -114,8 +115,8 @@ class PeakMemory:
 
     def reset(self):
         if self.module is not None:
-            self.module.synchronize()
-            self.module.reset_peak_memory_stats()
+            synchronize(self.device)
+            reset_peak_memory(self.device)
         elif self.can_reset_rss:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -123,15 +124,15 @@ class PeakMemory:
     def current(self):
         """Bytes in use now (allocated on an accelerator, RSS on CPU)."""
         if self.module is not None:
-            self.module.synchronize()
+            synchronize(self.device)
             return self.module.memory_allocated()
         return self._vm("VmRSS") or 0
 
     def peak(self):
         """Peak bytes since `reset` (process-wide on CPU)."""
         if self.module is not None:
-            self.module.synchronize()
-            return self.module.max_memory_allocated()
+            synchronize(self.device)
+            return peak_memory_bytes(self.device)
         if self.can_reset_rss:
             return self._vm("VmHWM")
         import resource
@@ -139,8 +140,7 @@ class PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def sync(self):
-        if self.module is not None:
-            self.module.synchronize()
+        synchronize(self.device)
 
 
 # --- interleaving ---------------------------------------------------------------------------------------------------

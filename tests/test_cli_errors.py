@@ -11,7 +11,7 @@ import pytest
 
 from ple_trl import cli
 from ple_trl.plotting import load_curves
-from ple_trl.scripts.ple import load_reward_func, resolve_reward_funcs
+from ple_trl.rewards import load_reward_func, resolve_reward_funcs
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
 ENV.pop("PLE_TRL_DEBUG", None)

@@ -14,14 +14,7 @@ import pytest
 from datasets import Dataset
 
 from ple_trl.rewards import RewardModelScorer
-from ple_trl.scripts.ple import (
-    PLEScriptArguments,
-    load_split,
-    parse_args,
-    prepare_prompt_dataset,
-    resolve_reward_funcs,
-    reward_funcs_registry,
-)
+from ple_trl.scripts.ple import PLEScriptArguments, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "scripts" / "ple.py"
@@ -73,69 +66,9 @@ def test_usage_block_commands_parse():
         os.chdir(cwd)
 
 
-@pytest.mark.parametrize("extension", ["jsonl", "csv", "parquet"])
-def test_local_data_files_with_column_mapping(tmp_path, extension):
-    rows = {"question": ["tell me about your day", "write a review of the movie"], "id": [1, 2]}
-    path = str(tmp_path / f"prompts.{extension}")
-    dataset = Dataset.from_dict(rows)
-    {"jsonl": dataset.to_json, "csv": dataset.to_csv, "parquet": dataset.to_parquet}[extension](path)
-
-    loaded = load_split(path, "train")
-    args = PLEScriptArguments(prompt_column="question", prompt_max_words=3)
-    prepared = prepare_prompt_dataset(loaded, args)
-    assert prepared["prompt"] == ["tell me about", "write a review"]
-    assert "question" not in prepared.column_names and prepared["id"] == [1, 2]
-
-
-def test_data_files_name_their_splits(tmp_path):
-    for split in ("train", "test"):
-        Dataset.from_dict({"prompt": [f"{split} prompt"]}).to_json(str(tmp_path / f"{split}.jsonl"))
-    files = [f"train={tmp_path / 'train.jsonl'}", f"test={tmp_path / 'test.jsonl'}"]
-    assert load_split(None, "test", data_files=files)["prompt"] == ["test prompt"]
-    with pytest.raises(ValueError, match="'validation'"):
-        load_split(None, "validation", data_files=files)
-
-
-def test_bad_dataset_arguments_name_the_field(tmp_path):
-    path = str(tmp_path / "p.jsonl")
-    Dataset.from_dict({"text": ["a b c"]}).to_json(path)
-    with pytest.raises(ValueError, match=r"--prompt_column question.*\['text'\]"):
-        prepare_prompt_dataset(load_split(path, "train"), PLEScriptArguments(prompt_column="question"))
-    with pytest.raises(ValueError, match="prompt_end_marker"):
-        args = PLEScriptArguments(prompt_column="text", prompt_end_marker="Assistant:")
-        prepare_prompt_dataset(load_split(path, "train"), args)
-    (tmp_path / "p.txt").write_text("hello")
-    with pytest.raises(ValueError, match="cannot tell the format"):
-        load_split(str(tmp_path / "p.txt"), "train")
+def test_sft_steps_without_sft_dataset_is_refused():
     with pytest.raises(ValueError, match="--sft_steps 3.*--sft_dataset_name"):
         PLEScriptArguments(sft_steps=3)
-
-
-def test_prompt_end_marker_keeps_the_whole_dialogue():
-    dataset = Dataset.from_dict(
-        {
-            "chosen": ["\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: I am fine"],
-            "rejected": ["\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: I am bad"],
-        }
-    )
-    prepared = prepare_prompt_dataset(dataset, PLEScriptArguments(prompt_end_marker="\n\nAssistant:"))
-    assert prepared["prompt"] == ["\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant:"]
-    assert set(prepared.column_names) == {"prompt"}
-
-
-def test_reward_funcs_resolution():
-    registry = reward_funcs_registry(max_completion_length=64)
-    assert {"vader_sentiment", "profanity_penalty", "think_format_reward", "get_soft_overlong_punishment"} <= set(
-        registry
-    )
-    assert "completion_text" not in registry  # a helper of ple_trl.rewards, not a reward
-    vader, path_func = resolve_reward_funcs(["vader_sentiment", "conftest.positivity_reward"])
-    assert vader(prompts=["Review:"], completions=["A wonderful, warm film."])[0] > 0
-    assert path_func(completions=["good good bad"]) == [pytest.approx(1 / 3)]
-    with pytest.raises(ValueError, match=r"--reward_funcs vadr.*vader_sentiment"):
-        resolve_reward_funcs(["vadr"])
-    with pytest.raises(ValueError, match="has no function .no_such_reward."):
-        resolve_reward_funcs(["conftest.no_such_reward"])
 
 
 def test_classifier_reward_rejects_unknown_label(tiny_reward_model_path):

@@ -32,11 +32,14 @@ from ple_trl.device import (  # noqa: E402
     apply_model_init_overrides,
     check_vllm_mode,
     model_init_overrides,
-    peak_memory_bytes,
     resolve_mixed_precision,
 )
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# The memory helpers serve the benchmarks only, so they live there (`benchmarks/memory.py`).
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+from memory import peak_memory_bytes, reset_peak_memory  # noqa: E402
 
 FAKE_TORCH_NPU = '''
 """Test fake of torch_npu: registers a `torch.npu` device module and nothing else (no kernels)."""
@@ -100,7 +103,9 @@ def run_scenario(fake_npu_path, body, **env):
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FAKE_NPU_"))}
     for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         environment.pop(key, None)
-    environment["PYTHONPATH"] = os.pathsep.join([str(fake_npu_path), str(SRC), environment.get("PYTHONPATH", "")])
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(fake_npu_path), str(SRC), str(BENCHMARKS), environment.get("PYTHONPATH", "")]
+    )
     environment.update(env)
     code = PRELUDE + textwrap.dedent(body) + "\nprint('RESULT ' + json.dumps(out))\n"
     proc = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=240)
@@ -161,9 +166,10 @@ try:
 except (ValueError, ImportError) as error:
     out["ple_vllm_server_error"] = f"{type(error).__name__}: {error}"
 
-out["peak_memory"] = D.peak_memory_bytes(args.device)
+import memory as M
+out["peak_memory"] = M.peak_memory_bytes(args.device)
 before = torch.npu.calls["empty_cache"]
-D.clear_device_cache()
+M.clear_device_cache()
 out["empty_cache_calls"] = torch.npu.calls["empty_cache"] - before
 """
 
@@ -367,7 +373,7 @@ def test_real_npu_smoke(tmp_path):
     from conftest import build_tiny_causal_lm
     from transformers import AutoModelForCausalLM
 
-    from ple_trl.device import accelerator_device_type, reset_peak_memory
+    from ple_trl.device import accelerator_device_type
 
     device_type = accelerator_device_type()
     assert device_type == "npu"

@@ -1,7 +1,5 @@
 import pytest
-from datasets import Dataset
 
-from ple_trl.data import dataset_format, to_prompt_dataset
 from ple_trl.principles import PRINCIPLES, wrap
 
 
@@ -40,44 +38,6 @@ def test_wrap_without_user_turn_is_a_clear_error():
 def test_principle_sets_for_the_paper_tasks():
     assert {"hh", "imdb", "tldr"} <= set(PRINCIPLES)
     assert all(PRINCIPLES[task] for task in PRINCIPLES)
-
-
-def test_prompt_only_dataset_is_kept():
-    ds = to_prompt_dataset(Dataset.from_dict({"prompt": ["a", "b"], "extra": [1, 2]}))
-    assert ds.column_names == ["prompt", "extra"] and ds["prompt"] == ["a", "b"]
-
-
-def test_sft_conversations_become_the_turns_before_the_last_answer():
-    messages = [
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "how are you"},
-        {"role": "assistant", "content": "fine"},
-    ]
-    ds = to_prompt_dataset(Dataset.from_dict({"messages": [messages]}))
-    assert ds.column_names == ["prompt"]
-    assert ds[0]["prompt"] == messages[:3]
-
-
-def test_explicit_and_implicit_preference_data():
-    explicit = to_prompt_dataset(Dataset.from_dict({"prompt": ["q"], "chosen": ["good"], "rejected": ["bad"]}))
-    assert explicit.column_names == ["prompt"] and explicit[0]["prompt"] == "q"
-    user = {"role": "user", "content": "q"}
-    implicit = to_prompt_dataset(
-        Dataset.from_dict(
-            {
-                "chosen": [[user, {"role": "assistant", "content": "good"}]],
-                "rejected": [[user, {"role": "assistant", "content": "bad"}]],
-            }
-        )
-    )
-    assert implicit.column_names == ["prompt"] and implicit[0]["prompt"] == [user]
-
-
-def test_dataset_without_prompt_is_a_clear_error():
-    assert dataset_format(["messages"]) == "messages"
-    with pytest.raises(ValueError, match=r"no usable prompt: its columns are \['question'\]"):
-        to_prompt_dataset(Dataset.from_dict({"question": ["q"]}))
 
 
 def test_truncate_pair_keeps_the_principle_prepended_to_a_text_prompt():

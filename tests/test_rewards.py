@@ -9,7 +9,12 @@ from conftest import make_reward_tokenizer, tiny_llama_config
 from tokenizers import processors
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
 
-from ple_trl.rewards import LeftTruncatingRewardModel, RewardModelScorer
+from ple_trl.rewards import (
+    LeftTruncatingRewardModel,
+    RewardModelScorer,
+    resolve_reward_funcs,
+    reward_funcs_registry,
+)
 
 LONG = "write a review of the movie : good great kind happy"  # 11 words; its last 4 are the answer
 SHORT = "bad film"
@@ -137,3 +142,47 @@ def test_bad_settings_are_refused_with_the_fix(reward_model, classifier_path, ti
         RewardModelScorer(tiny_reward_model_no_template_path, device="cpu")(
             [[{"role": "user", "content": "a"}]], [[{"role": "assistant", "content": "good"}]]
         )
+
+
+def test_reward_funcs_resolution():
+    registry = reward_funcs_registry(max_completion_length=64)
+    assert {"vader_sentiment", "profanity_penalty", "think_format_reward", "get_soft_overlong_punishment"} <= set(
+        registry
+    )
+    assert "completion_text" not in registry  # a helper of ple_trl.rewards, not a reward
+    vader, path_func = resolve_reward_funcs(["vader_sentiment", "conftest.positivity_reward"])
+    assert vader(prompts=["Review:"], completions=["A wonderful, warm film."])[0] > 0
+    assert path_func(completions=["good good bad"]) == [pytest.approx(1 / 3)]
+    with pytest.raises(ValueError, match=r"--reward_funcs vadr.*vader_sentiment"):
+        resolve_reward_funcs(["vadr"])
+    with pytest.raises(ValueError, match="has no function .no_such_reward."):
+        resolve_reward_funcs(["conftest.no_such_reward"])
+
+
+def test_registry_takes_trl_reward_functions_and_leaves_out_factories():
+    import trl.rewards
+
+    registry = reward_funcs_registry()
+    assert registry["accuracy_reward"] is trl.rewards.accuracy_reward
+    assert registry["reasoning_accuracy_reward"] is trl.rewards.reasoning_accuracy_reward
+    # Factories build a reward from settings; only the overlong penalty is built, and only for a completion length.
+    assert "get_cosine_scaled_reward" not in registry and "get_repetition_penalty_reward" not in registry
+    assert "get_soft_overlong_punishment" not in registry
+    overlong = reward_funcs_registry(max_completion_length=8)["get_soft_overlong_punishment"]
+    # Length 8 is the limit and the soft zone is its last 8 // 4 = 2 tokens: 7 tokens cost (6 - 7) / 2 = -0.5.
+    assert overlong(completion_ids=[[0] * 5, [0] * 7]) == [0.0, -0.5]
+
+
+def test_eval_script_imports_nothing_from_the_training_script():
+    import ast
+    from pathlib import Path
+
+    import ple_trl.scripts.eval as eval_script
+
+    tree = ast.parse(Path(eval_script.__file__).read_text())
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    modules = {node.module for node in imports}
+    names = {alias.name for node in imports for alias in node.names}
+    assert "ple" not in modules and "ple_trl.scripts.ple" not in modules and "ple" not in names
+    # The registry and the shared arguments come from their own modules.
+    assert {"rewards", "arguments"} <= modules

@@ -13,16 +13,23 @@ functions as keyword arguments (and a `principle` column overrides the configure
 `prepare_prompt_dataset` is where every dataset enters (training, evaluation, `trainer.evaluate(...)`): it also takes
 a list of rows, and checks every row up front, so that bad data fails at construction with the rows named, not
 mid-training.
+
+The command-line steps before it are here too, for `ple-trl train`, `ple-trl eval` and users' own scripts:
+`load_split` reads a Hub id, a `save_to_disk` folder or local data files (through TRL's `get_dataset`), and
+`map_to_prompts` maps columns onto these formats and cuts prompts (`--prompt_column`, `--prompt_end_marker`,
+`--prompt_max_words`).
 """
 
 import logging
+import os
 
-from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_from_disk
+from trl import DatasetMixtureConfig, get_dataset
 from trl.data_utils import maybe_extract_prompt
+from trl.scripts.utils import DatasetConfig
 
 logger = logging.getLogger(__name__)
 
-PROMPT_FORMATS = ("prompt", "messages", "chosen/rejected")
 # How many offending row indices an error message lists.
 MAX_ROWS_NAMED = 10
 
@@ -71,9 +78,7 @@ def to_prompt_dataset(dataset: Dataset | IterableDataset) -> Dataset | IterableD
         [`~datasets.Dataset`] or [`~datasets.IterableDataset`]: the same rows with a `prompt` column; `messages`,
         `chosen`, `rejected` and `completion` columns are removed.
     """
-    column_names = dataset.column_names
-    if column_names is None and isinstance(dataset, IterableDataset):
-        column_names = list(next(iter(dataset)).keys())
+    column_names = dataset_columns(dataset)
     kind = dataset_format(column_names)
     if kind == "messages":
         dataset = dataset.map(_prompt_from_messages)
@@ -246,3 +251,228 @@ def check_generation_round(num_prompts: int, per_device_pairs: int, steps_per_ge
             f"{num_prompts - leftover} of them and leaves {leftover} out (the sampler drops an incomplete round; with "
             "shuffling, other prompts are left out in other epochs)."
         )
+
+
+# --- loading and mapping what users have (used by `ple-trl train` and `ple-trl eval`) ----------------------------
+
+
+DATA_FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _split_data_files(data_files: list[str], argument: str) -> dict[str, list[str]]:
+    splits = {}
+    for entry in data_files:
+        split, path = entry.split("=", 1) if "=" in entry and not os.path.exists(entry) else ("train", entry)
+        if not os.path.isfile(path):
+            raise ValueError(f"`--{argument}` names {path!r}, which is not a file. Give existing local data files.")
+        splits.setdefault(split, []).append(path)
+    return splits
+
+
+def _file_format(paths: list[str], argument: str) -> str:
+    formats = {DATA_FILE_FORMATS.get(os.path.splitext(path)[1].lower()) for path in paths}
+    if None in formats or len(formats) != 1:
+        raise ValueError(
+            f"`--{argument}`: cannot tell the format of {paths}. Use files of one format among "
+            f"{sorted(DATA_FILE_FORMATS)}."
+        )
+    return formats.pop()
+
+
+def load_split(
+    name: str | None,
+    split: str,
+    config: str | None = None,
+    data_files: list[str] | None = None,
+    streaming: bool = False,
+    argument: str = "dataset_name",
+):
+    """
+    Load one split of a dataset given by Hub id, by a folder saved with `save_to_disk`, or by local data files.
+
+    Args:
+        name (`str` or `None`):
+            A Hub id, a dataset folder, or one local `.json`/`.jsonl`/`.csv`/`.parquet` file.
+        split (`str`):
+            The split to return.
+        config (`str` or `None`, *optional*, defaults to `None`):
+            Configuration name (Hub datasets).
+        data_files (`list[str]` or `None`, *optional*, defaults to `None`):
+            Local files; plain paths are the `train` split, `split=path` entries name theirs.
+        streaming (`bool`, *optional*, defaults to `False`):
+            Stream a Hub dataset.
+        argument (`str`, *optional*, defaults to `"dataset_name"`):
+            The argument's name, used in error messages.
+
+    Returns:
+        [`~datasets.Dataset`] or [`~datasets.IterableDataset`]
+    """
+    if name is None and not data_files:
+        raise ValueError(
+            f"No dataset: set `--{argument}` (a Hub id, a saved folder or a data file) or the matching "
+            "`--..._data_files`."
+        )
+    if name is not None and os.path.isfile(name):
+        name, data_files = None, [name, *(data_files or [])]
+    looks_local = name is not None and (
+        name.startswith(("/", "./", "../", "~", "\\")) or os.path.splitext(name)[1].lower() in DATA_FILE_FORMATS
+    )
+    if looks_local and not os.path.exists(os.path.expanduser(name)):
+        raise ValueError(
+            f"`--{argument} {name}`: the path {name!r} does not exist. Give an existing data file "
+            f"({', '.join(sorted(DATA_FILE_FORMATS))}), a folder saved with `save_to_disk`, or a Hub dataset id."
+        )
+    if name is not None and os.path.isdir(name) and any(
+        os.path.exists(os.path.join(name, marker)) for marker in ("dataset_dict.json", "state.json")
+    ):
+        # TRL's `get_dataset` goes through `load_dataset`, which does not read `save_to_disk` folders.
+        dataset = load_from_disk(name)
+        if isinstance(dataset, DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"`--{argument} {name}` has the splits {sorted(dataset)}, not {split!r}.")
+            dataset = dataset[split]
+        return dataset
+    if name is None:
+        splits = _split_data_files(data_files, argument)
+        if split not in splits:
+            raise ValueError(
+                f"`--{argument}`: the data files give the splits {sorted(splits)}, not {split!r}. Name the file of "
+                f"that split as `{split}=path.jsonl`, or choose another split."
+            )
+        paths = [path for paths in splits.values() for path in paths]
+        source = DatasetConfig(path=_file_format(paths, argument), data_files=splits, split=split)
+        streaming = False
+    else:
+        source = DatasetConfig(path=name, name=config, data_files=data_files, split=split)
+    # `get_dataset` returns the loaded split under the key "train", whatever its name.
+    return get_dataset(DatasetMixtureConfig(datasets=[source], streaming=streaming))["train"]
+
+
+def dataset_columns(dataset) -> list[str]:
+    """The columns of a [`~datasets.Dataset`], or of an [`~datasets.IterableDataset`] whose features are unknown."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    return list(next(iter(dataset)).keys())
+
+
+def map_columns(dataset, mapping: dict[str, str | None]):
+    """
+    Rename dataset columns onto the names PLE expects.
+
+    Args:
+        dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]):
+            The dataset.
+        mapping (`dict[str, str | None]`):
+            `{"prompt": "text", ...}`: target name to source column (`None`: leave as is). A column that already has
+            the target name is replaced.
+
+    Returns:
+        The dataset with renamed columns.
+
+    Raises:
+        `ValueError`: when a source column is missing, naming the argument and the columns found.
+    """
+    for target, source in mapping.items():
+        if source is None or source == target:
+            continue
+        columns = dataset_columns(dataset)
+        if source not in columns:
+            raise ValueError(
+                f"`--{target}_column {source}`: the dataset has no column {source!r}; its columns are {columns}. "
+                f"Set `--{target}_column` to one of them."
+            )
+        if target in columns:
+            dataset = dataset.remove_columns(target)
+        dataset = dataset.rename_column(source, target)
+    return dataset
+
+
+def prompts_up_to_marker(dataset, marker: str):
+    """
+    Turn implicit-prompt text preference data into prompts: each `chosen` up to and including the last `marker`.
+
+    Args:
+        dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]): with `chosen` (and `rejected`) text columns.
+        marker (`str`): where the prompt ends, e.g. `"\n\nAssistant:"`.
+
+    Returns:
+        The dataset with a `prompt` column instead of `chosen`/`rejected`.
+    """
+
+    def cut(example):
+        chosen = example["chosen"]
+        if not isinstance(chosen, str) or marker not in chosen:
+            raise ValueError(
+                f"`--prompt_end_marker {marker!r}` is not in this `chosen` value: {chosen!r:.120}. Use the marker "
+                "that "
+                "starts the answer in this dataset, or drop `--prompt_end_marker` to take the common prefix."
+            )
+        return {"prompt": chosen[: chosen.rindex(marker) + len(marker)]}
+
+    columns = [c for c in ("chosen", "rejected") if c in dataset_columns(dataset)]
+    return dataset.map(cut, remove_columns=columns)
+
+
+def truncate_prompts(dataset, max_words: int):
+    """Keep the first `max_words` words of every text prompt (review prefixes for continuation tasks)."""
+
+    def truncate(example):
+        prompt = example["prompt"]
+        if not isinstance(prompt, str):
+            raise ValueError(
+                "`--prompt_max_words` cuts text prompts, but the prompts are conversations. Drop `--prompt_max_words`."
+            )
+        return {"prompt": " ".join(prompt.split()[:max_words])}
+
+    return dataset.map(truncate)
+
+
+def map_to_prompts(dataset, script_args, max_samples: int | None = None):
+    """
+    Apply the column mapping, prompt truncation and sample limit of `script_args` to a PLE dataset.
+
+    Args:
+        dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]):
+            The loaded split.
+        script_args ([`~ple_trl.scripts.arguments.DataArguments`]):
+            The script arguments (`prompt_column`, `chosen_column`, `rejected_column`, `messages_column`,
+            `principle_column`, `prompt_end_marker`, `prompt_max_words`).
+        max_samples (`int` or `None`, *optional*, defaults to `None`):
+            Keep at most this many rows.
+
+    Returns:
+        The prepared dataset, whose format [`dataset_format`] recognises.
+    """
+    dataset = map_columns(
+        dataset,
+        {
+            "prompt": script_args.prompt_column,
+            "chosen": script_args.chosen_column,
+            "rejected": script_args.rejected_column,
+            "messages": script_args.messages_column,
+            "principle": script_args.principle_column,
+        },
+    )
+    if max_samples is not None:
+        dataset = (
+            dataset.take(max_samples)
+            if not hasattr(dataset, "__len__")
+            else dataset.select(range(min(max_samples, len(dataset))))
+        )
+    kind = dataset_format(dataset_columns(dataset))
+    if script_args.prompt_end_marker is not None:
+        if kind != "chosen/rejected":
+            raise ValueError(
+                f"`--prompt_end_marker {script_args.prompt_end_marker!r}` applies to `chosen`/`rejected` data, but "
+                f"this dataset is in the {kind!r} format. Drop `--prompt_end_marker`."
+            )
+        dataset = prompts_up_to_marker(dataset, script_args.prompt_end_marker)
+        kind = "prompt"
+    if script_args.prompt_max_words is not None:
+        if kind != "prompt":
+            raise ValueError(
+                f"`--prompt_max_words {script_args.prompt_max_words}` cuts a `prompt` column, but this dataset is in "
+                f"the {kind!r} format. Map the text to cut with `--prompt_column`, or drop `--prompt_max_words`."
+            )
+        dataset = truncate_prompts(dataset, script_args.prompt_max_words)
+    return dataset

@@ -1,5 +1,6 @@
 """Device-agnostic helpers: which accelerator runs this process, which mixed precision it supports, what model
-loading must look like under a multi-process launch, and how to read memory on any backend.
+loading must look like under a multi-process launch. (Reading memory on any backend is a benchmark's concern:
+`benchmarks/memory.py`.)
 
 Nothing here names a CUDA API directly: every backend is reached through `accelerate`'s availability checks and
 `torch.get_device_module(device_type)`, so the same code runs on CUDA GPUs, Ascend NPUs (through `torch_npu`),
@@ -31,15 +32,11 @@ __all__ = [
     "accelerator_device_type",
     "apply_model_init_overrides",
     "check_vllm_mode",
-    "clear_device_cache",
     "device_module",
     "is_bf16_supported",
     "is_fp16_supported",
     "model_init_overrides",
-    "peak_memory_bytes",
-    "reset_peak_memory",
     "resolve_mixed_precision",
-    "synchronize",
 ]
 
 _TRUE_STRINGS = ("1", "true", "yes", "on")
@@ -349,61 +346,3 @@ def check_vllm_mode(vllm_mode: str, use_vllm: bool, device_type: str | None = No
         f"weight-transfer engine, which is CUDA-only. Set vllm_mode='colocate', or use_vllm=False to generate with "
         f"transformers (the default).{extra}"
     )
-
-
-def clear_device_cache(garbage_collection: bool = False) -> None:
-    """
-    Release the cached blocks of whichever accelerator is in use (`accelerate.utils.memory.clear_device_cache`).
-
-    Args:
-        garbage_collection (`bool`, *optional*, defaults to `False`):
-            Also run `gc.collect()` first (slow; use between phases, not per step).
-    """
-    from accelerate.utils.memory import clear_device_cache as _clear
-
-    _clear(garbage_collection=garbage_collection)
-
-
-def synchronize(device: torch.device | str | None) -> None:
-    """
-    Wait for the kernels queued on `device` to finish (for wall-clock timings). No-op on CPU.
-
-    Args:
-        device (`torch.device`, `str` or `None`):
-            The device to synchronize.
-    """
-    module = device_module(device)
-    if module is not None and hasattr(module, "synchronize"):
-        module.synchronize()
-
-
-def reset_peak_memory(device: torch.device | str | None) -> None:
-    """
-    Reset the peak-memory counter of `device` (`torch.<type>.reset_peak_memory_stats`). No-op on CPU.
-
-    Args:
-        device (`torch.device`, `str` or `None`):
-            The device whose counter to reset.
-    """
-    module = device_module(device)
-    if module is not None and hasattr(module, "reset_peak_memory_stats"):
-        module.reset_peak_memory_stats(device)
-
-
-def peak_memory_bytes(device: torch.device | str | None) -> int | None:
-    """
-    Peak memory allocated by tensors on `device` since the last [`reset_peak_memory`], in bytes.
-
-    Args:
-        device (`torch.device`, `str` or `None`):
-            The device to read.
-
-    Returns:
-        `int` or `None`: `None` on CPU and on backends without `max_memory_allocated` (there is no allocator
-        counter to read there, and a zero would be mistaken for a measurement).
-    """
-    module = device_module(device)
-    reader = getattr(module, "max_memory_allocated", None)
-    if reader is None:
-        return None
-    return int(reader(device))

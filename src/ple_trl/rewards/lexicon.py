@@ -41,6 +41,12 @@ def completion_text(completion) -> str:
     )
 
 
+def _score_each(completions, score) -> list[float]:
+    if completions is None:
+        raise ValueError("`completions=None`: pass the answers to score as `completions=[...]`.")
+    return [float(score(completion_text(completion))) for completion in completions]
+
+
 @lru_cache(maxsize=1)
 def _vader():
     try:
@@ -80,10 +86,8 @@ def vader_sentiment(prompts=None, completions=None, **kwargs) -> list[float]:
     Returns:
         `list[float]`: one score per completion.
     """
-    if completions is None:
-        raise ValueError("`completions=None`: pass the answers to score as `completions=[...]`.")
     analyzer = _vader()
-    return [float(analyzer.polarity_scores(completion_text(c))["compound"]) for c in completions]
+    return _score_each(completions, lambda text: analyzer.polarity_scores(text)["compound"])
 
 
 def profanity_penalty(prompts=None, completions=None, **kwargs) -> list[float]:
@@ -102,7 +106,5 @@ def profanity_penalty(prompts=None, completions=None, **kwargs) -> list[float]:
     Returns:
         `list[float]`: one penalty per completion.
     """
-    if completions is None:
-        raise ValueError("`completions=None`: pass the answers to score as `completions=[...]`.")
     checker = _profanity()
-    return [-1.0 if checker.contains_profanity(completion_text(c)) else 0.0 for c in completions]
+    return _score_each(completions, lambda text: -1.0 if checker.contains_profanity(text) else 0.0)

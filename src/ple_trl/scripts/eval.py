@@ -16,13 +16,15 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from .utils import _column_names, config_argv, load_split, prepare_prompt_dataset
+from .arguments import DataArguments, RewardArguments
+from .utils import config_argv
 
 
 @dataclass
-class EvalArguments:
+class EvalArguments(RewardArguments, DataArguments):
     """
-    Arguments of `ple-trl eval`.
+    Arguments of `ple-trl eval`, with the dataset mapping of [`DataArguments`] and the rewards of
+    [`RewardArguments`], as in `ple-trl train`.
 
     Parameters that control the models:
         model_name_or_path (`str`):
@@ -40,10 +42,6 @@ class EvalArguments:
             Configuration name of a Hub dataset.
         dataset_split (`str`, *optional*, defaults to `"test"`):
             Split to take the prompts from (data files: `train` unless named `split=path`).
-        dataset_data_files (`list[str]` or `None`, *optional*, defaults to `None`):
-            Local data files, as in `ple-trl train`.
-        prompt_column, chosen_column, rejected_column, messages_column, prompt_end_marker, prompt_max_words:
-            Column mapping and prompt cutting, as in `ple-trl train`.
         reference_column (`str` or `None`, *optional*, defaults to `None`):
             Column holding a reference answer (text); adds BLEU.
         num_prompts (`int`, *optional*, defaults to `32`):
@@ -66,13 +64,6 @@ class EvalArguments:
     Parameters that control the metrics:
         reward_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
             A reward model with one output.
-        reward_funcs (`list[str]` or `None`, *optional*, defaults to `None`):
-            Named reward functions, dotted import paths or local files (`my_rewards.py:my_reward`), as in
-            `ple-trl train`.
-        reward_classifier_name_or_path (`str` or `None`, *optional*, defaults to `None`):
-            A text classifier whose label probability is a reward, as in `ple-trl train`.
-        reward_classifier_label (`str`, *optional*, defaults to `"POSITIVE"`):
-            Its label.
         perplexity_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
             Language model under which the answers' perplexity is measured; defaults to the first model. Pass the
             initial model to compare two models fairly.
@@ -92,16 +83,6 @@ class EvalArguments:
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
     dataset_split: str = field(default="test", metadata={"help": "Split to take the prompts from."})
-    dataset_data_files: list[str] | None = field(default=None, metadata={"help": "Local data files."})
-    prompt_column: str | None = field(default=None, metadata={"help": "Column renamed to `prompt`."})
-    chosen_column: str | None = field(default=None, metadata={"help": "Column renamed to `chosen`."})
-    rejected_column: str | None = field(default=None, metadata={"help": "Column renamed to `rejected`."})
-    messages_column: str | None = field(default=None, metadata={"help": "Column renamed to `messages`."})
-    principle_column: str | None = field(default=None, metadata={"help": "Column renamed to `principle`."})
-    prompt_end_marker: str | None = field(
-        default=None, metadata={"help": "Implicit-prompt text preference data: the prompt ends at this marker."}
-    )
-    prompt_max_words: int | None = field(default=None, metadata={"help": "Keep the first words of text prompts."})
     reference_column: str | None = field(default=None, metadata={"help": "Reference answers (adds BLEU)."})
     num_prompts: int = field(default=32, metadata={"help": "Number of prompts (the first ones of the split)."})
     max_new_tokens: int = field(default=64, metadata={"help": "Maximum length of an answer."})
@@ -116,14 +97,6 @@ class EvalArguments:
     )
     seed: int = field(default=42, metadata={"help": "Seed for sampling."})
     reward_model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model (one output)."})
-    reward_funcs: list[str] | None = field(
-        default=None,
-        metadata={"help": "Named reward functions, dotted import paths or local files (`my_rewards.py:my_reward`)."},
-    )
-    reward_classifier_name_or_path: str | None = field(
-        default=None, metadata={"help": "Text classifier whose label probability is a reward."}
-    )
-    reward_classifier_label: str = field(default="POSITIVE", metadata={"help": "The classifier's label."})
     perplexity_model_name_or_path: str | None = field(
         default=None, metadata={"help": "LM under which answer perplexity is measured (default: the first model)."}
     )
@@ -131,6 +104,7 @@ class EvalArguments:
     output_json: str | None = field(default=None, metadata={"help": "Also write results and answers to this file."})
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("num_prompts", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`--{name} {getattr(self, name)}` must be >= 1.")
@@ -152,8 +126,7 @@ def reward_funcs(args: EvalArguments) -> dict:
     Returns:
         `dict[str, Callable]`
     """
-    from ..rewards import RewardModelScorer
-    from .ple import resolve_reward_funcs  # TODO(issue 10): from `ple_trl.rewards` once the registry moves there
+    from ..rewards import RewardModelScorer, resolve_reward_funcs
 
     rewards = {}
     if args.reward_model_name_or_path is not None:
@@ -179,7 +152,7 @@ def load_prompts(args: EvalArguments):
     Returns:
         `tuple`: (`prompts`, `references` or `None`).
     """
-    from ..data import to_prompt_dataset
+    from ..data import dataset_columns, load_split, map_to_prompts, to_prompt_dataset
     from ..rewards import completion_text
 
     dataset = load_split(
@@ -192,13 +165,13 @@ def load_prompts(args: EvalArguments):
     dataset = dataset.select(range(min(args.num_prompts, len(dataset))))
     references = None
     if args.reference_column is not None:
-        if args.reference_column not in _column_names(dataset):
+        if args.reference_column not in dataset_columns(dataset):
             raise ValueError(
                 f"`--reference_column {args.reference_column}`: the dataset has no such column; its columns are "
-                f"{_column_names(dataset)}."
+                f"{dataset_columns(dataset)}."
             )
         references = [completion_text(reference) for reference in dataset[args.reference_column]]
-    dataset = to_prompt_dataset(prepare_prompt_dataset(dataset, args))
+    dataset = to_prompt_dataset(map_to_prompts(dataset, args))
     return list(dataset["prompt"]), references
 
 

@@ -8,7 +8,7 @@ It is TRL's `grpo.py` / `dpo.py` script with what PLE users need on top:
   their first words (`--prompt_max_words 8`: IMDb's review prefixes);
 - rewards are a reward model (`--reward_model_name_or_path`, a [`PLEConfig`] field), named reward functions
   (`--reward_funcs vader_sentiment think_format_reward my_package.my_reward my_rewards.py:my_reward`, see
-  [`reward_funcs_registry`] and [`load_reward_func`]) and/or a
+  [`~ple_trl.rewards.reward_funcs_registry`] and [`~ple_trl.rewards.load_reward_func`]) and/or a
   text classifier's label probability (`--reward_classifier_name_or_path lvwerra/distilbert-imdb`);
 - an optional SFT stage runs TRL's [`~trl.SFTTrainer`] on a separate dataset first (Algorithm 1, line 1:
   `--sft_dataset_name ... --sft_steps N`); PLE then starts from its output (a LoRA adapter is merged first).
@@ -18,64 +18,25 @@ argument); command-line values override the recipe's.
 """
 
 import argparse
-import hashlib
-import importlib
-import importlib.util
-import inspect
-import logging
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trl import ScriptArguments
 
-from .utils import _column_names, config_argv, load_split, prepare_prompt_dataset
-
-logger = logging.getLogger(__name__)
-
+from .arguments import DataArguments, RewardArguments
+from .utils import config_argv
 
 @dataclass
-class PLEScriptArguments(ScriptArguments):
+class PLEScriptArguments(RewardArguments, DataArguments, ScriptArguments):
     """
     Script arguments of the PLE training script, on top of [`~trl.ScriptArguments`] (`dataset_name`,
-    `dataset_config`, `dataset_train_split`, `dataset_test_split`, `dataset_streaming`).
+    `dataset_config`, `dataset_train_split`, `dataset_test_split`, `dataset_streaming`), [`DataArguments`] (local data
+    files, column mapping, prompt cutting) and [`RewardArguments`] (`reward_funcs`, the reward classifier).
 
     Parameters that control the dataset:
-        dataset_data_files (`list[str]` or `None`, *optional*, defaults to `None`):
-            Local data files (`.json`, `.jsonl`, `.csv`, `.parquet`), loaded with
-            `datasets.load_dataset(format, data_files=...)`. Plain paths form the train split; `split=path` entries
-            name their split (`train=a.jsonl test=b.jsonl`). `dataset_name` may also be a single such file.
-        prompt_column (`str` or `None`, *optional*, defaults to `None`):
-            Column renamed to `prompt` (e.g. `text` for IMDb).
-        chosen_column (`str` or `None`, *optional*, defaults to `None`):
-            Column renamed to `chosen` (preference data; the prompt is extracted from `chosen`/`rejected`).
-        rejected_column (`str` or `None`, *optional*, defaults to `None`):
-            Column renamed to `rejected`.
-        messages_column (`str` or `None`, *optional*, defaults to `None`):
-            Column renamed to `messages` (SFT conversations; the prompt is everything before the last answer).
-        principle_column (`str` or `None`, *optional*, defaults to `None`):
-            Column renamed to `principle`: a per-row principle that overrides the configured one.
-        prompt_end_marker (`str` or `None`, *optional*, defaults to `None`):
-            For text preference data with an implicit prompt: the prompt is `chosen` up to and including the last
-            occurrence of this marker (HH: `"\n\nAssistant:"`), instead of the common prefix of `chosen` and
-            `rejected`, which also swallows the first words the two answers share.
-        prompt_max_words (`int` or `None`, *optional*, defaults to `None`):
-            Keep only the first words of each text prompt (continuation tasks: IMDb uses a review prefix).
         max_train_samples (`int` or `None`, *optional*, defaults to `None`):
             Use at most this many training prompts (quick runs).
-
-    Parameters that control the rewards:
-        reward_funcs (`list[str]` or `None`, *optional*, defaults to `None`):
-            Named reward functions (see [`reward_funcs_registry`]), dotted import paths of installed modules
-            (`my_package.my_module.my_reward`) or local files (`path/to/my_rewards.py:my_reward`). `sys.path` is never
-            changed, so a local file cannot shadow an installed package: a file in the current directory is loaded
-            only through the `file.py:function` form.
-        reward_classifier_name_or_path (`str` or `None`, *optional*, defaults to `None`):
-            A text classifier whose probability of `reward_classifier_label` is a reward (e.g. a sentiment classifier
-            with two labels, which a `reward_model_name_or_path` cannot be: reward models have a single output).
-        reward_classifier_label (`str`, *optional*, defaults to `"POSITIVE"`):
-            The classifier label whose probability is the reward (a name of its `id2label`, or an index).
 
     Parameters that control the SFT stage (Algorithm 1, line 1):
         sft_dataset_name (`str` or `None`, *optional*, defaults to `None`):
@@ -103,43 +64,7 @@ class PLEScriptArguments(ScriptArguments):
     """
 
     # Parameters that control the dataset
-    dataset_data_files: list[str] | None = field(
-        default=None,
-        metadata={"help": "Local data files (.json, .jsonl, .csv, .parquet); `split=path` names a split."},
-    )
-    prompt_column: str | None = field(default=None, metadata={"help": "Column renamed to `prompt`."})
-    chosen_column: str | None = field(default=None, metadata={"help": "Column renamed to `chosen`."})
-    rejected_column: str | None = field(default=None, metadata={"help": "Column renamed to `rejected`."})
-    messages_column: str | None = field(default=None, metadata={"help": "Column renamed to `messages`."})
-    principle_column: str | None = field(
-        default=None, metadata={"help": "Column renamed to `principle` (per-row principle)."}
-    )
-    prompt_end_marker: str | None = field(
-        default=None,
-        metadata={"help": "Implicit-prompt text preference data: the prompt ends at the last such marker."},
-    )
-    prompt_max_words: int | None = field(
-        default=None, metadata={"help": "Keep only the first words of each text prompt (e.g. IMDb review prefixes)."}
-    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training prompts."})
-
-    # Parameters that control the rewards
-    reward_funcs: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Named reward functions, dotted import paths of installed modules "
-            "(`my_package.my_module.my_reward`) or local files (`path/to/my_rewards.py:my_reward`). The current "
-            "directory is not added to `sys.path`, so a local file cannot shadow an installed package; load local "
-            "files with the `file.py:function` form."
-        },
-    )
-    reward_classifier_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Text classifier whose probability of `reward_classifier_label` is a reward."},
-    )
-    reward_classifier_label: str = field(
-        default="POSITIVE", metadata={"help": "Label of the classifier whose probability is the reward."}
-    )
 
     # Parameters that control the SFT stage
     sft_dataset_name: str | None = field(
@@ -163,179 +88,27 @@ class PLEScriptArguments(ScriptArguments):
     )
 
     def __post_init__(self):
-        for name in ("prompt_max_words", "max_train_samples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"`--{name} {value}` must be >= 1 (or left unset).")
+        super().__post_init__()
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"`--max_train_samples {self.max_train_samples}` must be >= 1 (or left unset).")
         if self.sft_steps is not None and self.sft_steps < 0:
             raise ValueError(f"`--sft_steps {self.sft_steps}` must be >= 0 (0 switches the SFT stage off).")
-        has_sft_dataset = self.sft_dataset_name is not None or bool(self.sft_dataset_data_files)
-        if self.sft_steps and not has_sft_dataset:
+        if self.sft_steps and not self.has_sft_dataset:
             raise ValueError(
                 f"`--sft_steps {self.sft_steps}` is set but there is no SFT dataset. Add `--sft_dataset_name` (or "
                 "`--sft_dataset_data_files`), or drop `--sft_steps`."
             )
 
     @property
+    def has_sft_dataset(self) -> bool:
+        return self.sft_dataset_name is not None or bool(self.sft_dataset_data_files)
+
+    @property
     def has_sft_stage(self) -> bool:
-        has_sft_dataset = self.sft_dataset_name is not None or bool(self.sft_dataset_data_files)
-        return has_sft_dataset and self.sft_steps != 0
+        return self.has_sft_dataset and self.sft_steps != 0
 
 
 # --- rewards ---------------------------------------------------------------------------------------------------------
-
-
-def _accepts_completions(func) -> bool:
-    try:
-        parameters = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-    return "completions" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
-def reward_funcs_registry(max_completion_length: int | None = None) -> dict[str, Callable]:
-    """
-    The reward functions that `--reward_funcs` can name.
-
-    They are the public reward functions of `ple_trl.rewards` (e.g. `vader_sentiment`, `profanity_penalty`) and TRL's
-    `trl.rewards` functions: `accuracy_reward`, `reasoning_accuracy_reward` (need `math_verify`),
-    `think_format_reward`, and `get_soft_overlong_punishment` built for `max_completion_length` (a soft penalty over
-    its last quarter).
-
-    Args:
-        max_completion_length (`int` or `None`, *optional*, defaults to `None`):
-            The training's `max_completion_length`, for `get_soft_overlong_punishment` (left out when `None`).
-
-    Returns:
-        `dict[str, Callable]`: reward functions by name.
-    """
-    registry = {}
-    try:
-        from trl.rewards import think_format_reward
-
-        registry["think_format_reward"] = think_format_reward
-    except ImportError:  # pragma: no cover - depends on the TRL version
-        pass
-    try:
-        from trl.rewards import accuracy_reward, reasoning_accuracy_reward
-
-        registry.update(accuracy_reward=accuracy_reward, reasoning_accuracy_reward=reasoning_accuracy_reward)
-    except ImportError:  # pragma: no cover
-        pass
-    if max_completion_length:
-        from trl.rewards import get_soft_overlong_punishment
-
-        registry["get_soft_overlong_punishment"] = get_soft_overlong_punishment(
-            max_completion_len=max_completion_length, soft_punish_cache=max(1, max_completion_length // 4)
-        )
-    try:
-        from .. import rewards as ple_rewards
-    except ImportError:  # pragma: no cover - the rewards subpackage is optional
-        ple_rewards = None
-    for name in getattr(ple_rewards, "__all__", []):
-        func = getattr(ple_rewards, name, None)
-        if inspect.isfunction(func) and name != "completion_text" and _accepts_completions(func):
-            registry[name] = func
-    return registry
-
-
-def load_reward_func(spec: str) -> Callable:
-    """
-    Import a reward function from a `--reward_funcs` spec that is not a registered name.
-
-    Two forms, neither of which changes `sys.path` (so a local file can never shadow an installed package, as it would
-    if the current directory were put first on `sys.path`):
-
-    - `package.module.function` (or `package.module:function`): imported through the normal import system, from the
-      installed packages and the existing `sys.path`;
-    - `path/to/file.py:function`: the file is loaded by its path (for a local file that is not an installed module).
-
-    Args:
-        spec (`str`):
-            `package.module.function`, `package.module:function` or `path/to/file.py:function`.
-
-    Returns:
-        `Callable`: the reward function.
-
-    Raises:
-        `ValueError`: the module, file or function cannot be found, or the object found is not callable.
-    """
-    target, separator, attribute = spec.rpartition(":")
-    if separator and target.endswith(".py"):
-        if not os.path.isfile(target):
-            raise ValueError(
-                f"`--reward_funcs {spec}`: the file {target!r} does not exist. Give the path of a .py file."
-            )
-        path = os.path.abspath(target)
-        # A stable name of its own, so that two specs of one file share one module and nothing installed is shadowed.
-        module_name = f"_ple_trl_reward_file_{hashlib.sha1(path.encode()).hexdigest()[:12]}"
-        module = sys.modules.get(module_name)
-        if module is None:
-            module_spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[module_name] = module  # the file's own dataclasses and pickling look their module up here
-            try:
-                module_spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[module_name]
-                raise
-        source = f"the file {target!r}"
-    elif separator or "." in spec:
-        module_path, attribute = (target, attribute) if separator else spec.rsplit(".", 1)
-        try:
-            module = importlib.import_module(module_path)
-        except ImportError as error:
-            local_file = os.path.join(*module_path.split(".")) + ".py"
-            hint = (
-                f"To load the local file {local_file!r}, pass `--reward_funcs {local_file}:{attribute}`."
-                if os.path.isfile(local_file)
-                else "Install the package that provides it, or pass a local file as `path/to/file.py:function`."
-            )
-            raise ValueError(
-                f"`--reward_funcs {spec}`: cannot import the module {module_path!r} ({error}). {hint}"
-            ) from None
-        source = f"the module {module_path!r} ({getattr(module, '__file__', None) or 'built in'})"
-    else:
-        raise ValueError(
-            f"`--reward_funcs {spec}` is neither a dotted import path (`package.module.function`) nor a file "
-            "(`path/to/file.py:function`)."
-        )
-    func = getattr(module, attribute, None)
-    if not callable(func):
-        raise ValueError(f"`--reward_funcs {spec}`: {source} has no function {attribute!r}.")
-    return func
-
-
-def resolve_reward_funcs(names: list[str] | None, max_completion_length: int | None = None) -> list[Callable]:
-    """
-    Turn `--reward_funcs` names into reward functions.
-
-    Args:
-        names (`list[str]` or `None`):
-            Names of [`reward_funcs_registry`], dotted import paths (`package.module.function`, imported without
-            changing `sys.path`) or local files (`path/to/file.py:function`); see [`load_reward_func`].
-        max_completion_length (`int` or `None`, *optional*, defaults to `None`):
-            Passed to [`reward_funcs_registry`].
-
-    Returns:
-        `list[Callable]`: the reward functions, in order.
-
-    Raises:
-        `ValueError`: for a name that is neither registered nor importable, listing the registered names.
-    """
-    registry = reward_funcs_registry(max_completion_length)
-    funcs = []
-    for name in names or []:
-        if name in registry:
-            funcs.append(registry[name])
-        elif "." in name or ":" in name:
-            funcs.append(load_reward_func(name))
-        else:
-            raise ValueError(
-                f"`--reward_funcs {name}` is not a known reward function. Use one of {sorted(registry)}, a dotted "
-                "import path such as `my_package.my_module.my_reward`, or a local file as `my_rewards.py:my_reward`."
-            )
-    return funcs
 
 
 # --- SFT stage -------------------------------------------------------------------------------------------------------
@@ -359,6 +132,8 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
     """
     from trl import SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
+    from ..data import dataset_columns, load_split
+
     output_dir = script_args.sft_output_dir or os.path.join(training_args.output_dir, "sft")
     dataset = load_split(
         script_args.sft_dataset_name,
@@ -368,7 +143,7 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
         argument="sft_dataset_name",
     )
     if script_args.sft_text_column is not None:
-        columns = _column_names(dataset)
+        columns = dataset_columns(dataset)
         if script_args.sft_text_column not in columns:
             raise ValueError(
                 f"`--sft_text_column {script_args.sft_text_column}`: the SFT dataset has no such column; its columns "
@@ -434,6 +209,8 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
     """
     from trl import get_peft_config, get_quantization_config
 
+    from ..data import load_split, map_to_prompts
+    from ..rewards import RewardModelScorer, resolve_reward_funcs, reward_funcs_registry
     from ..trainer import PLETrainer
 
     if model_args.model_name_or_path is None:
@@ -453,8 +230,6 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
 
     reward_funcs = resolve_reward_funcs(script_args.reward_funcs, training_args.max_completion_length)
     if script_args.reward_classifier_name_or_path is not None:
-        from ..rewards import RewardModelScorer
-
         reward_funcs.append(
             RewardModelScorer(script_args.reward_classifier_name_or_path, label=script_args.reward_classifier_label)
         )
@@ -464,24 +239,18 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
             f"e.g. one of {sorted(reward_funcs_registry())}) or `--reward_classifier_name_or_path`."
         )
 
-    train_dataset = load_split(
-        script_args.dataset_name,
-        script_args.dataset_train_split,
-        config=script_args.dataset_config,
-        data_files=script_args.dataset_data_files,
-        streaming=script_args.dataset_streaming,
-    )
-    train_dataset = prepare_prompt_dataset(train_dataset, script_args, script_args.max_train_samples)
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = load_split(
+    def load(split, max_samples=None):
+        dataset = load_split(
             script_args.dataset_name,
-            script_args.dataset_test_split,
+            split,
             config=script_args.dataset_config,
             data_files=script_args.dataset_data_files,
             streaming=script_args.dataset_streaming,
         )
-        eval_dataset = prepare_prompt_dataset(eval_dataset, script_args)
+        return map_to_prompts(dataset, script_args, max_samples)
+
+    train_dataset = load(script_args.dataset_train_split, script_args.max_train_samples)
+    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
 
     model = model_args.model_name_or_path
     if script_args.has_sft_stage:
