@@ -12,10 +12,11 @@ from conftest import build_tiny_causal_lm, positive_fraction
 
 from ple_trl import cli
 from ple_trl.scripts.eval import main as eval_main
+from ple_trl.scripts.launch import recipe_path
 from ple_trl.scripts.ple import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = str(ROOT / "examples" / "recipes" / "tldr.yaml")
+RECIPE = recipe_path("tldr")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
 PROMPTS = ["write a review of the movie", "tell me about your day", "what is the weather", "tell me a story"]
 
