@@ -36,7 +36,7 @@ COMMANDS = {
         "Answer a prompt set with a model (or two) and print the offline metrics (reward, win rate, BLEU, perplexity).",
     ),
     "demo": ("ple_trl.demo", "main", "Run the offline demo on a small real model."),
-    "plot": ("ple_trl.plotting", "main", "Plot the PLE curves of a run (rewards, reward gap against tau, rank fraction)."),
+    "plot": ("ple_trl.plotting", "main", "Plot a run's PLE curves (rewards, reward gap against tau, ranked pairs)."),
 }
 
 

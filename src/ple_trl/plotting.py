@@ -1,10 +1,10 @@
 """The curves of a PLE run, from its `trainer_state.json`: `ple-trl plot RUN_DIR`, or [`plot_curves`] in Python.
 
 One figure with three panels over the optimizer steps: the mean reward of the plain and of the principle-guided answers
-(`ple/reward_plain`, `ple/reward_principled`); the mean reward gap between them (`ple/reward_gap`) against the threshold
-`ple/tau`, the two quantities that route a pair (ranking loss when its gap exceeds tau, weighted SFT otherwise); and
-the fraction of pairs trained with the ranking loss (`ple/rank_fraction`). Per-round values are drawn thin, their
-moving average thick. matplotlib is imported only when a figure is drawn, and no pyplot state is used.
+(`ple/reward_plain`, `ple/reward_principled`); the mean reward gap between them (`ple/reward_gap`) against the
+threshold `ple/tau`, the two quantities that route a pair (ranking loss when its gap exceeds tau, weighted SFT
+otherwise); and the fraction of pairs trained with the ranking loss (`ple/rank_fraction`). Per-round values are drawn
+thin, their moving average thick. matplotlib is imported only when a figure is drawn, and no pyplot state is used.
 
 ```bash
 ple-trl plot ple-demo                  # writes ple-demo/ple_curves.png, titled "ple-demo"
@@ -152,8 +152,8 @@ def plot_curves(run_dir, title=None, smooth: int | None = None):
 
     Args:
         run_dir (`str` or `os.PathLike`):
-            A run's `output_dir`, a checkpoint folder, or a `trainer_state.json` file. A folder without one falls back to
-            its last `checkpoint-*`. After `trainer.train()` with `save_strategy="no"`, call `trainer.save_state()`
+            A run's `output_dir`, a checkpoint folder, or a `trainer_state.json` file. A folder without one falls back
+            to its last `checkpoint-*`. After `trainer.train()` with `save_strategy="no"`, call `trainer.save_state()`
             first: it writes `output_dir/trainer_state.json`.
         title (`str` or `None`, *optional*, defaults to `None`):
             The figure's title. `None` uses [`run_name`]: the run folder's name.
@@ -253,8 +253,8 @@ def main(argv=None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="ple-trl plot",
-        description="Draw the PLE curves of a run (rewards of the plain and principled answers, their gap against tau, "
-        "fraction of pairs ranked) into a PNG.",
+        description="Draw the PLE curves of a run (rewards of the plain and principled answers, their gap against "
+        "tau, fraction of pairs ranked) into a PNG.",
     )
     parser.add_argument("run_dir", help="A run's output_dir, a checkpoint folder or a trainer_state.json file.")
     parser.add_argument("--out", default=None, help=f"PNG to write (default: RUN_DIR/{DEFAULT_FIGURE_NAME}).")

@@ -52,8 +52,8 @@ def recipe_path(recipe: str) -> str:
     if name in shipped:
         return shipped[name]
     raise ValueError(
-        f"`{recipe}`: no such recipe file, and no recipe of that name ships with ple-trl ({', '.join(sorted(shipped))})."
-        " Give the path of a YAML recipe or one of those names."
+        f"`{recipe}`: no such recipe file, and no recipe of that name ships with ple-trl "
+        f"({', '.join(sorted(shipped))}). Give the path of a YAML recipe or one of those names."
     )
 
 
