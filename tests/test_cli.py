@@ -38,6 +38,28 @@ def test_help_lists_the_commands():
         assert f"    {command} " in result.stdout, command
 
 
+def test_help_plot_and_argument_errors_import_no_heavy_module():
+    """`ple-trl --help`, `ple-trl plot --help` and a mistyped command stay fast: none imports torch, transformers, TRL
+    (or matplotlib); `from ple_trl import PLEConfig, PLETrainer` still works, by importing them on first use."""
+    code = (
+        "import sys\n"
+        "import ple_trl.cli\n"
+        "for argv in (['--help'], ['plot', '--help'], ['trian']):\n"
+        "    try:\n"
+        "        ple_trl.cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = ('torch', 'transformers', 'trl', 'matplotlib')\n"
+        "print('HEAVY', sorted(name for name in heavy if name in sys.modules))\n"
+        "from ple_trl import PLEConfig, PLETrainer, labeling\n"
+        "print('LAZY', PLEConfig.__module__, PLETrainer.__module__, labeling.__name__, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("HEAVY", "LAZY"))]
+    assert lines == ["HEAVY []", "LAZY ple_trl.config ple_trl.trainer ple_trl.labeling True"]
+
+
 def test_train_and_eval_help_show_their_flags():
     train = run_cli("train", "--help")
     assert train.returncode == 0, train.stderr
