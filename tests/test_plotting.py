@@ -38,6 +38,7 @@ def test_figure_lands_in_the_run_dir_titled_with_the_run(run_dir):
 
     figure = plotting.plot_curves(run_dir, smooth=1)
     assert figure._suptitle.get_text() == "my-run"
+    assert figure._repr_png_().startswith(PNG_SIGNATURE)  # what a notebook displays
     reward_axis, gap_axis, rank_axis = figure.axes
     for axis in figure.axes:
         assert axis.get_xlabel() == "optimizer step"

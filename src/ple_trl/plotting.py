@@ -19,6 +19,8 @@ plot_curves(trainer.args.output_dir)   # a matplotlib Figure: displayed by a not
 """
 
 import argparse
+import functools
+import io
 import json
 import math
 import os
@@ -131,6 +133,21 @@ def run_name(run_dir) -> str:
     return folder.name
 
 
+@functools.cache
+def _figure_class():
+    from matplotlib.figure import Figure
+
+    class CurvesFigure(Figure):
+        """A figure that Jupyter and Colab display as a PNG with no pyplot backend set up (`_repr_png_`)."""
+
+        def _repr_png_(self):
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=90)
+            return buffer.getvalue()
+
+    return CurvesFigure
+
+
 def _draw(axis, steps, values, color, label, window):
     if window > 1:
         axis.plot(steps, values, color=color, alpha=0.3, linewidth=1)
@@ -147,8 +164,8 @@ def plot_curves(run_dir, title=None, smooth: int | None = None):
     threshold `tau`, since a pair is trained with the ranking loss when its gap exceeds `tau`; and the fraction of
     pairs so ranked. The x axis is the optimizer step.
 
-    It uses no pyplot state and no backend of its own, so it works headless and in notebooks (a figure displays as the
-    last value of a cell, or with `display(figure)`).
+    It uses no pyplot state and no backend of its own, so it works headless and in notebooks, where the figure
+    displays as a PNG when it is the last value of a cell (or with `display(figure)`).
 
     Args:
         run_dir (`str` or `os.PathLike`):
@@ -164,7 +181,6 @@ def plot_curves(run_dir, title=None, smooth: int | None = None):
     Returns:
         `matplotlib.figure.Figure`: the figure; its three axes are `figure.axes`.
     """
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     if smooth is not None and (not isinstance(smooth, int) or smooth < 1):
@@ -174,7 +190,7 @@ def plot_curves(run_dir, title=None, smooth: int | None = None):
     def window(values):
         return smooth or max(1, len(values) // 10)
 
-    figure = Figure(figsize=(13, 3.8))
+    figure = _figure_class()(figsize=(13, 3.8))
     reward_axis, gap_axis, rank_axis = figure.subplots(1, 3)
     for key, color, label in (
         ("ple/reward_plain", "tab:blue", "plain prompt"),
