@@ -57,6 +57,30 @@ def recipe_path(recipe: str) -> str:
     )
 
 
+def resolve_recipe(argv: list[str]) -> list[str]:
+    """
+    Replace a recipe given by name, as first argument or as `--config`'s value, by the path of the shipped file:
+    `["imdb", "--max_steps", "2"]` becomes `["/.../ple_trl/recipes/imdb.yaml", "--max_steps", "2"]`.
+
+    Args:
+        argv (`list[str]`): the training script's arguments.
+
+    Returns:
+        `list[str]`: the arguments, paths unchanged.
+
+    Raises:
+        `ValueError`: a recipe that is neither a file nor a shipped recipe's name (see [`recipe_path`]).
+    """
+    argv = list(argv)
+    if argv and not argv[0].startswith("-"):
+        argv[0] = recipe_path(argv[0])
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 < len(argv) and not argv[index + 1].startswith("-"):
+            argv[index + 1] = recipe_path(argv[index + 1])
+    return argv
+
+
 def accelerate_configs() -> dict[str, str]:
     """
     The launch configs that `--accelerate_config` can name: TRL's (`trl/accelerate_configs/`) and ple-trl's own

@@ -831,30 +831,24 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
 
 def config_argv(argv: list[str]) -> list[str]:
     """
-    Accept a recipe, by path or by name (`ple-trl train imdb`, see [`~ple_trl.scripts.launch.recipe_names`]), as
-    first argument or as `--config`'s value: `imdb --key value` becomes `--config /path/to/imdb.yaml --key value`.
+    Accept a recipe path as first argument: `recipe.yaml --key value` becomes `--config recipe.yaml --key value`.
 
     Args:
         argv (`list[str]`): the arguments after the program (or subcommand) name.
 
     Returns:
         `list[str]`
-
-    Raises:
-        `ValueError`: two recipes, or a recipe that is neither a file nor a shipped recipe's name.
     """
-    from .launch import recipe_path
-
     argv = list(argv)
-    if argv and not argv[0].startswith("-"):
+    if argv and not argv[0].startswith("-") and argv[0].lower().endswith((".yaml", ".yml")):
         if "--config" in argv:
             raise ValueError(f"Two recipes: {argv[0]!r} and `--config {argv[argv.index('--config') + 1]}`. Give one.")
         argv = ["--config", *argv]
     if "--config" in argv:
         index = argv.index("--config")
-        if index + 1 >= len(argv) or argv[index + 1].startswith("-"):
-            raise ValueError("`--config` needs a value: the path of a YAML recipe, or the name of a shipped one.")
-        argv[index + 1] = recipe_path(argv[index + 1])
+        if index + 1 >= len(argv) or not os.path.isfile(argv[index + 1]):
+            missing = argv[index + 1] if index + 1 < len(argv) else None
+            raise ValueError(f"`--config {missing}`: no such recipe file. Give the path of a YAML recipe.")
     return argv
 
 
@@ -870,7 +864,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None):
     Returns:
         `tuple`: ([`PLEScriptArguments`], [`PLEConfig`], [`~trl.ModelConfig`]).
     """
-    argv = config_argv(sys.argv[1:] if argv is None else argv)
+    from .launch import resolve_recipe
+
+    argv = config_argv(resolve_recipe(sys.argv[1:] if argv is None else argv))
     return make_parser(prog=prog).parse_args_and_config(argv)
 
 
@@ -902,9 +898,9 @@ def launch_command(argv: list[str], prog: str | None = "ple-trl train") -> list[
     Returns:
         `list[str]` or `None`: see [`~ple_trl.scripts.launch.launch_arguments`].
     """
-    from .launch import launch_arguments
+    from .launch import launch_arguments, resolve_recipe
 
-    argv = config_argv(argv)
+    argv = config_argv(resolve_recipe(argv))
     _, remaining = _parse_with_launch_options(argv, prog)
     return launch_arguments(argv, remaining) if remaining else None
 
@@ -922,9 +918,9 @@ def run(argv: list[str] | None = None, prog: str | None = "ple-trl train") -> in
     Returns:
         `int`: the exit status: `0`, or that of the launched processes.
     """
-    from .launch import launch, launch_arguments
+    from .launch import launch, launch_arguments, resolve_recipe
 
-    argv = config_argv(sys.argv[1:] if argv is None else argv)
+    argv = config_argv(resolve_recipe(sys.argv[1:] if argv is None else argv))
     dataclasses, remaining = _parse_with_launch_options(argv, prog)
     if remaining:
         return launch(launch_arguments(argv, remaining))
