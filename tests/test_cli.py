@@ -12,10 +12,11 @@ from conftest import build_tiny_causal_lm, positive_fraction
 
 from ple_trl import cli
 from ple_trl.scripts.eval import main as eval_main
+from ple_trl.scripts.launch import recipe_path
 from ple_trl.scripts.ple import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = str(ROOT / "examples" / "recipes" / "tldr.yaml")
+RECIPE = recipe_path("tldr")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
 PROMPTS = ["write a review of the movie", "tell me about your day", "what is the weather", "tell me a story"]
 
@@ -35,6 +36,28 @@ def test_help_lists_the_commands():
     assert result.returncode == 0, result.stderr
     for command in ("train", "eval", "demo", "plot"):
         assert f"    {command} " in result.stdout, command
+
+
+def test_help_plot_and_argument_errors_import_no_heavy_module():
+    """`ple-trl --help`, `ple-trl plot --help` and a mistyped command stay fast: none imports torch, transformers, TRL
+    (or matplotlib); `from ple_trl import PLEConfig, PLETrainer` still works, by importing them on first use."""
+    code = (
+        "import sys\n"
+        "import ple_trl.cli\n"
+        "for argv in (['--help'], ['plot', '--help'], ['trian']):\n"
+        "    try:\n"
+        "        ple_trl.cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = ('torch', 'transformers', 'trl', 'matplotlib')\n"
+        "print('HEAVY', sorted(name for name in heavy if name in sys.modules))\n"
+        "from ple_trl import PLEConfig, PLETrainer, labeling\n"
+        "print('LAZY', PLEConfig.__module__, PLETrainer.__module__, labeling.__name__, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("HEAVY", "LAZY"))]
+    assert lines == ["HEAVY []", "LAZY ple_trl.config ple_trl.trainer ple_trl.labeling True"]
 
 
 def test_train_and_eval_help_show_their_flags():

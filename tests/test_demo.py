@@ -357,7 +357,7 @@ def test_plot_run_from_a_state_file_and_its_errors(tmp_path):
     assert curves["ple/reward_plain"][0] == list(range(1, 31))
     assert curves["ple/tau"][1][0] == pytest.approx(0.18)
     path = plotting.plot_run(tmp_path / "run", smooth=1)
-    assert path == str(run / "ple_curves.png") and Path(path).read_bytes().startswith(PNG_SIGNATURE)
+    assert path == str(tmp_path / "run" / "ple_curves.png") and Path(path).read_bytes().startswith(PNG_SIGNATURE)
     with pytest.raises(FileNotFoundError, match="trainer_state.json"):
         plotting.plot_run(tmp_path / "nothing-here")
     (tmp_path / "notple.json").write_text(json.dumps({"log_history": [{"step": 1, "loss": 2.0}]}))

@@ -1,4 +1,4 @@
-"""The recipes in `examples/recipes/`: they carry the paper's settings, parse through the script's `TrlParser`, and
+"""The recipes shipped in the package (`ple_trl/recipes/`, named `hh`, `imdb`, `tldr`): they carry the paper's settings, parse through the script's `TrlParser`, and
 each runs end to end (SFT stage, then two PLE steps) once its model, datasets and reward are swapped for local tiny
 ones. The recipe's own column mapping, prompt cutting, LoRA settings and principles are kept: they are what is tested.
 """
@@ -13,9 +13,9 @@ from conftest import make_reward_tokenizer, tiny_llama_config
 from transformers import LlamaForSequenceClassification
 
 from ple_trl.principles import PRINCIPLES
+from ple_trl.scripts.launch import recipe_path
 from ple_trl.scripts.ple import main, parse_args
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "examples" / "recipes"
 RECIPES = ["hh", "imdb", "tldr"]
 ALL_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
@@ -75,7 +75,7 @@ def tiny_classifier_path(tmp_path_factory):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_has_paper_settings(recipe):
-    script_args, training_args, model_args = parse_args([str(RECIPES_DIR / f"{recipe}.yaml")])
+    script_args, training_args, model_args = parse_args([recipe])
     # Precision is left to the device (bf16 where supported, fp32 on this CPU): no recipe forces bf16.
     assert training_args.bf16 is False or training_args.distributed_state.device.type != "cpu"
     # Paper (confirmed): LoRA r=8, alpha=16, all linear modules; tau0=0.2, alpha=0.9.
@@ -97,7 +97,7 @@ def test_recipe_has_paper_settings(recipe):
 
 def test_recipe_unknown_key_is_an_error(tmp_path):
     recipe = tmp_path / "typo.yaml"
-    recipe.write_text((RECIPES_DIR / "tldr.yaml").read_text() + "\ntau_zero: 0.3\n")
+    recipe.write_text(Path(recipe_path("tldr")).read_text() + "\ntau_zero: 0.3\n")
     with pytest.raises(ValueError, match="tau_zero"):
         parse_args([str(recipe), "--bf16", "False"])
 
@@ -113,7 +113,7 @@ def test_recipe_runs_two_steps(recipe, tmp_path, tiny_model_path, tiny_reward_mo
         else ["--reward_model_name_or_path", tiny_reward_model_path]
     )
     argv = [
-        str(RECIPES_DIR / f"{recipe}.yaml"),
+        recipe,
         "--model_name_or_path", tiny_model_path,
         "--dataset_name", data,
         "--sft_dataset_name", data,

@@ -53,17 +53,19 @@ python examples/scripts/ple.py \
     --output_dir Qwen2.5-0.5B-PLE-LoRA
 ```
 
-A recipe, with an SFT stage first (Algorithm 1, line 1) and a command-line override:
+A recipe, with an SFT stage first (Algorithm 1, line 1) and a command-line override. The paper's recipes ship in the
+package and are named (`hh`, `imdb`, `tldr`: `src/ple_trl/recipes/`); a path to a YAML file works too:
 
 ```bash
-python examples/scripts/ple.py --config examples/recipes/hh.yaml --sft_steps 200 --output_dir hh-ple
+python examples/scripts/ple.py --config hh --sft_steps 200 --output_dir hh-ple
 ```
 
-On several GPUs (or NPUs, with `examples/accelerate_configs/multi_npu.yaml`):
+On several GPUs (`ple-trl train imdb --num_processes 8 --accelerate_config multi_gpu --output_dir imdb-ple` does the
+same; `--accelerate_config` also names `zero2`, `zero3`, `fsdp2` and, for Ascend NPUs, `multi_npu`):
 
 ```bash
-accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/scripts/ple.py \
-    --config examples/recipes/imdb.yaml \
+accelerate launch --multi_gpu --num_processes 8 examples/scripts/ple.py \
+    --config imdb \
     --output_dir imdb-ple
 ```
 

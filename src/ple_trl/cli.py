@@ -27,7 +27,8 @@ COMMANDS = {
     "train": (
         "ple_trl.scripts.ple",
         "run",
-        "Train with PLE: the TRL-style script, e.g. `ple-trl train examples/recipes/hh.yaml --output_dir out`.",
+        "Train with PLE: the TRL-style script, e.g. `ple-trl train hh --output_dir out` (a shipped recipe: hh, imdb, "
+        "tldr); `--num_processes N --accelerate_config zero2` runs it through `accelerate launch`.",
     ),
     "eval": (
         "ple_trl.scripts.eval",
@@ -35,7 +36,7 @@ COMMANDS = {
         "Answer a prompt set with a model (or two) and print the offline metrics (reward, win rate, BLEU, perplexity).",
     ),
     "demo": ("ple_trl.demo", "main", "Run the offline demo on a small real model."),
-    "plot": ("ple_trl.plotting", "main", "Plot the PLE curves (tau, rewards, rank fraction) of a run."),
+    "plot": ("ple_trl.plotting", "main", "Plot a run's PLE curves (rewards, reward gap against tau, ranked pairs)."),
 }
 
 

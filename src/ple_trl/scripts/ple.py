@@ -305,8 +305,8 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None):
     """
-    Parse the command line (and the recipe, `--config recipe.yaml` or as first argument) into the script's three
-    dataclasses. Unknown keys, in the recipe or on the command line, are errors.
+    Parse the command line (and the recipe, `--config recipe.yaml` or as first argument, by path or name) into the
+    script's three dataclasses. Unknown keys, in the recipe or on the command line, are errors.
 
     Args:
         argv (`list[str]`, *optional*): the arguments; `sys.argv[1:]` when `None`.
@@ -315,20 +315,69 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None):
     Returns:
         `tuple`: ([`PLEScriptArguments`], [`PLEConfig`], [`~trl.ModelConfig`]).
     """
-    argv = config_argv(sys.argv[1:] if argv is None else argv)
+    from .launch import resolve_recipe
+
+    argv = config_argv(resolve_recipe(sys.argv[1:] if argv is None else argv))
     return make_parser(prog=prog).parse_args_and_config(argv)
+
+
+def _parse_with_launch_options(argv: list[str], prog: str | None):
+    """Parse `argv` (after [`config_argv`]) and return the three dataclasses and what the parser did not take."""
+    *dataclasses, recipe_remaining, remaining = make_parser(prog=prog).parse_args_and_config(
+        argv, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    if recipe_remaining:
+        recipe = argv[argv.index("--config") + 1]
+        keys = [key.lstrip("-") for key in recipe_remaining if key.startswith("--")]
+        raise ValueError(
+            f"The recipe {recipe} has keys that no argument takes: {keys}. Fix their spelling or remove them; launch "
+            "options (`num_processes`, ...) go on the command line."
+        )
+    return dataclasses, remaining
+
+
+def launch_command(argv: list[str], prog: str | None = "ple-trl train") -> list[str] | None:
+    """
+    What `ple-trl train ARGV` runs: `None` when it trains in its own process, else the arguments of the
+    `accelerate launch` it runs (`argv` holds `accelerate launch` options such as `--num_processes 2`,
+    `--accelerate_config zero2`). Nothing is launched.
+
+    Args:
+        argv (`list[str]`): the arguments after `train`.
+        prog (`str`, *optional*): program name shown in `--help`.
+
+    Returns:
+        `list[str]` or `None`: see [`~ple_trl.scripts.launch.launch_arguments`].
+    """
+    from .launch import launch_arguments, resolve_recipe
+
+    argv = config_argv(resolve_recipe(argv))
+    _, remaining = _parse_with_launch_options(argv, prog)
+    return launch_arguments(argv, remaining) if remaining else None
 
 
 def run(argv: list[str] | None = None, prog: str | None = "ple-trl train") -> int:
     """
-    `ple-trl train [RECIPE] [--key value ...]`: parse the arguments (and the recipe), then train.
+    `ple-trl train [RECIPE] [--key value ...]`: parse the arguments (and the recipe, by path or name), then train, in
+    this process, or through `accelerate launch` when `accelerate launch` options are given (`--num_processes 2`,
+    `--accelerate_config zero2`, ...; see [`~ple_trl.scripts.launch`]), as `trl grpo` does.
 
     Args:
         argv (`list[str]`, *optional*): the arguments after `train`; `sys.argv[1:]` when `None`.
         prog (`str`, *optional*): program name shown in `--help`.
 
     Returns:
-        `int`: the exit status, `0`.
+        `int`: the exit status: `0`, or that of the launched processes.
     """
-    main(*parse_args(argv, prog=prog))
+    from .launch import launch, launch_arguments, resolve_recipe
+
+    argv = config_argv(resolve_recipe(sys.argv[1:] if argv is None else argv))
+    dataclasses, remaining = _parse_with_launch_options(argv, prog)
+    if remaining:
+        return launch(launch_arguments(argv, remaining))
+    main(*dataclasses)
     return 0
+
+
+if __name__ == "__main__":  # `python -m ple_trl.scripts.ple`, which `accelerate launch -m ple_trl.scripts.ple` runs
+    sys.exit(run(prog="python -m ple_trl.scripts.ple"))
