@@ -115,8 +115,8 @@ GRPO_FIELDS_IGNORED = {
 MIGRATED_FIELDS = {
     "max_length": ((None,), "PLE caps prompts and answers separately: set `max_prompt_length` (prompts are truncated "
                    "from the left, the principle kept) and `max_completion_length`"),
-    "truncation_mode": ((None, "keep_start"), "PLE truncates prompts from the left with `max_prompt_length` and answers "
-                        "at `max_completion_length`"),
+    "truncation_mode": ((None, "keep_start"), "PLE truncates prompts from the left with `max_prompt_length` and "
+                        "answers at `max_completion_length`"),
     "label_smoothing": ((None, 0.0), "PLE's soft labels are the weighted SFT weights: see `sft_weighting` and "
                         "`sft_temperature`"),
     "loss_weights": ((None,), "weigh PLE's two losses with `rank_coef` and `wsft_coef`"),
@@ -148,7 +148,7 @@ MIGRATED_FIELDS = {
 }
 # DPO's `loss_type` values that are one of PLE's ranking losses, exactly: DPO's `"sigmoid"` is the reference-anchored
 # `-log sigmoid(beta * margin)`, which is PLE's `"dpo"` (PLE's `"sigmoid"` has no reference), and `"ipo"` is the same
-# loss on mean token log-probs in both. DPO's `"hinge"` is anchored on the reference and PLE's is not, so it is refused.
+# loss on mean token log-probs in both. DPO's `"hinge"` is anchored on the reference and PLE's is not: it is refused.
 DPO_LOSS_TYPES = {"sigmoid": "dpo", "ipo": "ipo"}
 # The other `loss_type` values of `DPOConfig` and `SFTConfig`, refused with a pointer to PLE's loss knobs (a GRPO value
 # is refused by the `GRPO_ONLY_FIELDS` rule instead).
@@ -356,8 +356,8 @@ class PLEConfig(GRPOConfig):
         default=False, metadata={"help": "Not used by PLE (no importance sampling)."}
     )
 
-    # Names of `DPOConfig`/`SFTConfig`, accepted so that their configs port by name (see `MIGRATED_FIELDS`); `InitVar`s,
-    # so they are not PLE settings: the parser does not list them and `to_dict()` does not save them.
+    # Names of `DPOConfig`/`SFTConfig`, accepted so that their configs port by name (see `MIGRATED_FIELDS`). They are
+    # `InitVar`s, not PLE settings: the parser does not list them and `to_dict()` does not save them.
     max_length: InitVar[object] = None
     truncation_mode: InitVar[object] = None
     label_smoothing: InitVar[object] = None
@@ -439,12 +439,14 @@ class PLEConfig(GRPOConfig):
             return  # GRPO's default, or a GRPO loss refused by `_check_ple_fields`
         pointer = (
             "PLE's loss is a ranking loss on the pairs whose reward gap passes tau (`ranking_loss_type`, one of "
-            f"{RANKING_LOSS_TYPES}: DPO's `'sigmoid'` is PLE's `'dpo'` and DPO's `'ipo'` is `'ipo'`, both with `beta > "
-            "0`; PLE's `'sigmoid'` and `'hinge'` have no reference term) plus a weighted SFT (NLL) loss on the others "
+            f"{RANKING_LOSS_TYPES}: DPO's `'sigmoid'` is PLE's `'dpo'` and DPO's `'ipo'` is `'ipo'`, both with "
+            "`beta > 0`; PLE's `'sigmoid'` and `'hinge'` have no reference term) plus a weighted SFT (NLL) loss on the others "
             "(`sft_weighting`, `wsft_coef`)"
         )
         if len(names) != 1 or names[0] not in DPO_LOSS_TYPES:
-            raise ValueError(f"`loss_type={value!r}` has no PLE equivalent: {pointer}. Set `ranking_loss_type` instead.")
+            raise ValueError(
+                f"`loss_type={value!r}` has no PLE equivalent: {pointer}. Set `ranking_loss_type` instead."
+            )
         ranking_loss_type = DPO_LOSS_TYPES[names[0]]
         if self.ranking_loss_type not in ("sigmoid", ranking_loss_type):  # "sigmoid" is PLE's default: not chosen
             raise ValueError(
