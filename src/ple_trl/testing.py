@@ -1,6 +1,6 @@
 """
-Tiny models for tests and benchmarks, built on the spot: a randomly initialised Llama and a word-level tokenizer trained
-from a fixed vocabulary, saved to a folder and passed by path like a hub id. Nothing is downloaded. Needs only
+Tiny models for tests and benchmarks, built on the spot: a randomly initialised Llama and a word-level tokenizer
+trained from a fixed vocabulary, saved to a folder and passed by path like a hub id. Nothing is downloaded. Needs only
 `tokenizers` (a dependency of `transformers`), in the manner of `transformers.testing_utils`.
 
 `tests/conftest.py` builds its fixtures with these functions and `benchmarks/tiny_model.py` builds its (deeper) model
@@ -62,7 +62,7 @@ def make_policy_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def make_reward_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
-    """The reward model's tokenizer: the words in reversed order (other ids than the policy's), other special tokens."""
+    """The reward model's tokenizer: the words reversed (other ids than the policy's), other special tokens."""
     tokenizer = make_word_tokenizer(
         REWARD_SPECIAL, list(reversed(WORDS)), "[UNK]", pad_token="[PAD]", cls_token="[CLS]", eos_token="[EOS]"
     )
@@ -71,44 +71,46 @@ def make_reward_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast
     return tokenizer
 
 
+# Small enough that a training step takes milliseconds on a CPU.
+TINY_SIZES = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+)
+
+
 def tiny_llama_config(vocab_size: int, **kwargs) -> LlamaConfig:
     """
-    A 2-layer Llama of width 32; any [`~transformers.LlamaConfig`] argument in `kwargs` overrides these sizes.
+    A 2-layer Llama of width 32 ([`TINY_SIZES`]); a [`~transformers.LlamaConfig`] argument in `kwargs` overrides them.
     """
-    sizes = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
-    return LlamaConfig(vocab_size=vocab_size, **{**sizes, **kwargs})
+    return LlamaConfig(vocab_size=vocab_size, **{**TINY_SIZES, **kwargs})
 
 
-def build_tiny_causal_lm(path, seed: int = 0, **config_kwargs) -> str:
+def build_tiny_causal_lm(path, seed: int = 0, model_class=LlamaForCausalLM, **config_kwargs) -> str:
     """
-    Save a randomly initialised tiny Llama causal LM and the policy tokenizer under `path`.
+    Save a randomly initialised tiny causal LM (a Llama by default) and the policy tokenizer under `path`.
 
     Args:
         path (`str` or `os.PathLike`): the folder.
         seed (`int`, *optional*, defaults to `0`): seed of the weights.
-        **config_kwargs: sizes overriding [`tiny_llama_config`]'s (e.g. `num_hidden_layers=4`).
+        model_class (`type`, *optional*, defaults to [`~transformers.LlamaForCausalLM`]): the architecture, e.g.
+            [`~transformers.MixtralForCausalLM`]; its `config_class` is built with [`TINY_SIZES`].
+        **config_kwargs: config arguments overriding [`TINY_SIZES`] (e.g. `num_hidden_layers=4`) or adding to them.
 
     Returns:
         `str`: `path`, to pass as `model=`.
     """
     torch.manual_seed(seed)
     tokenizer = make_policy_tokenizer()
-    config = tiny_llama_config(
-        len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **config_kwargs,
+    special_ids = dict(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
     )
-    model = LlamaForCausalLM(config)
+    config = model_class.config_class(vocab_size=len(tokenizer), **{**TINY_SIZES, **special_ids, **config_kwargs})
+    model = model_class(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path)
