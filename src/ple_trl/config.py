@@ -175,6 +175,11 @@ class PLEConfig(GRPOConfig):
     field of `GRPOConfig` with what PLE does with it (`GRPO_FIELDS_HONOURED`, `GRPO_ONLY_FIELDS`,
     `GRPO_FIELDS_IGNORED` in this module).
 
+    Coming from [`~trl.DPOConfig`]/[`~trl.SFTConfig`]: their names are accepted too (`PLEConfig(**dpo_args.to_dict())`
+    is no `TypeError`). DPO's `loss_type="sigmoid"`/`"ipo"` become `ranking_loss_type="dpo"`/`"ipo"`, `max_length` is
+    accepted when `max_prompt_length + max_completion_length` stays within it, a DPO/SFT default or `None` is accepted
+    for the others, and any other value is an error naming the PLE knob to use (`MIGRATED_FIELDS` in this module).
+
     Batch semantics: `per_device_train_batch_size` counts **pairs**, i.e. prompts, as for a DPO user: each prompt gives a
     plain and a principle-guided answer. `generation_batch_size` (or `steps_per_generation`) counts pairs too; as in
     GRPO, one generation round fills the buffer for `steps_per_generation` micro-steps and a pair is never split across
