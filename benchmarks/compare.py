@@ -27,6 +27,7 @@ python benchmarks/compare.py --device cuda --seeds 0,1,2 --lrs default,1e-4,3e-4
 """
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -291,7 +292,6 @@ def _sft(ctx, model, prompts, answers, lr, seed, output_dir):
 
 def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
     """Train one method; returns the trained model and the generation count of its training."""
-    import torch
     from transformers import set_seed
 
     args = ctx.args
@@ -362,8 +362,6 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
         model = _sft(ctx, policy, prompts, answers, lr, seed, output_dir)
     else:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-    if ctx.device.type == "cpu":
-        torch.set_num_threads(args.threads)  # some trainers reset it
     return model, counter
 
 
@@ -422,6 +420,8 @@ def run_cell(ctx, task, method, lr, seed, base_answers) -> dict:
     start = time.perf_counter()
     evaluation = evaluate_cell(ctx, task, model, heldout, base_answers, with_principle=method == "base_prompted")
     eval_s = time.perf_counter() - start
+    del model
+    gc.collect()  # one process trains many cells: free each trained model before the next
     return {
         "task": task.name,
         "method": method,
