@@ -457,6 +457,30 @@ def run_cell(ctx, task, method, lr, seed, base_answers) -> dict:
     }
 
 
+# The settings a finished cell must share with this run to be reused instead of rerun.
+RESUME_KEYS = ("model_path", "steps", "pairs", "max_completion_length", "temperature", "raft_n", "num_train_prompts",
+               "num_heldout")
+
+
+def check_reusable(path, record, ctx, task):
+    """Refuse to mix cells of different settings in one `--output_dir` (their rows would not be comparable)."""
+    args = ctx.args
+    current = {"model_path": ctx.model_path, "steps": args.steps, "pairs": args.pairs,
+               "max_completion_length": args.max_completion_length, "temperature": args.temperature,
+               "raft_n": args.raft_n}  # fmt: skip
+    num_train = len(task.prompts("train"))
+    current["num_train_prompts"] = min(args.num_train_prompts or num_train, num_train)
+    current["num_heldout"] = min(args.num_heldout, len(task.prompts("heldout")))
+    saved = record["settings"]
+    differ = {key: (saved.get(key), current[key]) for key in RESUME_KEYS if saved.get(key) != current[key]}
+    if differ:
+        details = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differ.items())
+        raise SystemExit(
+            f"{path} was computed with other settings ({details}). Use another --output_dir for these settings, or "
+            "delete that file to recompute the cell."
+        )
+
+
 def cell_path(output_dir, task, method, lr, seed) -> str:
     return os.path.join(output_dir, task, method, f"lr-{'none' if lr is None else format(lr, 'g')}_seed-{seed}.json")
 
@@ -650,6 +674,7 @@ def main(argv=None) -> dict:
                 if os.path.exists(path):
                     with open(path) as f:
                         record = json.load(f)
+                    check_reusable(path, record, ctx, task)
                     reused += 1
                     print(f"[done]  {task_name} {method} lr={lr} seed={seed}: {path}", flush=True)
                 else:

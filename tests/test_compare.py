@@ -96,3 +96,17 @@ def test_quick_runs_every_method_and_resumes(compare, tiny_model_path, tmp_path)
     stdout = _run(["--quick", "--model", tiny_model_path, "--output_dir", str(out)])
     assert f"(0 cells run, {len(files)} reused)" in stdout
     assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_resume_refuses_cells_of_other_settings(compare, tmp_path):
+    import argparse
+
+    task = compare.build_tasks()["polite"]
+    args = argparse.Namespace(steps=16, pairs=8, max_completion_length=24, temperature=0.7, raft_n=4,
+                              num_train_prompts=None, num_heldout=64)  # fmt: skip
+    ctx = compare.Context(args, "m", None, None, None, False, False)
+    settings = {"model_path": "m", "steps": 16, "pairs": 8, "max_completion_length": 24, "temperature": 0.7,
+                "raft_n": 4, "num_train_prompts": 100, "num_heldout": 40}  # fmt: skip
+    compare.check_reusable("cell.json", {"settings": settings}, ctx, task)  # same settings: reused
+    with pytest.raises(SystemExit, match=r"cell.json was computed with other settings \(steps: 2 there, 16 now\)"):
+        compare.check_reusable("cell.json", {"settings": {**settings, "steps": 2}}, ctx, task)
