@@ -31,6 +31,7 @@ import gc
 import json
 import math
 import os
+import random
 import re
 import statistics
 import sys
@@ -346,7 +347,7 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
     elif method == "raft":
         # Best-of-n (what TRL lacks): n samples for budget/n prompts, the best by the training reward is kept.
         n = args.raft_n
-        prompts = _cycle(train_prompts, budget // n)
+        prompts = _cycle(train_prompts, budget // n, seed)
         chats = [[{"role": "user", "content": p}] for p in prompts for _ in range(n)]
         samples = _sample(ctx, policy.to(ctx.device), chats, seed)
         rewards = task.reward([p for p in prompts for _ in range(n)], samples)
@@ -356,7 +357,7 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
     elif method == "context_distillation":
         from ple_trl.principles import wrap
 
-        prompts = _cycle(train_prompts, budget // 2)
+        prompts = _cycle(train_prompts, budget // 2, seed)
         guided = [wrap([{"role": "user", "content": p}], task.principle) for p in prompts]
         answers = _sample(ctx, policy.to(ctx.device), guided, seed)
         model = _sft(ctx, policy, prompts, answers, lr, seed, output_dir)
@@ -365,7 +366,10 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
     return model, counter
 
 
-def _cycle(items, count):
+def _cycle(items, count, seed):
+    """`count` prompts from a seeded shuffle of `items`, repeated when there are fewer (as the trainers' samplers)."""
+    items = list(items)
+    random.Random(seed).shuffle(items)
     return [items[i % len(items)] for i in range(count)]
 
 
