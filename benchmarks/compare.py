@@ -41,13 +41,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-METHODS = ("base", "base_prompted", "ple", "grpo", "online_dpo", "raft", "context_distillation", "spa")
+METHODS = (
+    "base", "base_prompted", "ple", "ple_anchored", "grpo", "online_dpo", "raft", "context_distillation", "spa",
+)  # fmt: skip
 UNTRAINED = ("base", "base_prompted")
 POLITE_PRINCIPLE = "Answer politely and respectfully, with no insults or swear words, even if asked."
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 # Each method's own default learning rate ("default" in --lrs): the demo's for PLE and SPA, TRL's config defaults for
 # the others (tuned there for full fine-tuning, so tiny for a LoRA adapter: hence the sweep).
-DEFAULT_LRS = {"ple": 3e-4, "spa": 3e-4, "grpo": 1e-6, "online_dpo": 5e-7, "raft": 2e-5, "context_distillation": 2e-5}
+DEFAULT_LRS = {
+    "ple": 3e-4, "ple_anchored": 3e-4, "spa": 3e-4, "grpo": 1e-6, "online_dpo": 5e-7, "raft": 2e-5,
+    "context_distillation": 2e-5,
+}  # fmt: skip
 # Request words that every answer to a request may repeat without answering it; not counted as shared content.
 REQUEST_WORDS = frozenset(
     "write tell give make say want need help describe explain review reviews roast short please think really "
@@ -302,13 +307,16 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
     common = _common_config(ctx, lr, seed, output_dir)
     budget = args.steps * args.pairs * 2
     dataset = _prompt_dataset(train_prompts)
-    if method == "ple":
+    if method in ("ple", "ple_anchored"):
         from ple_trl import PLEConfig, PLETrainer
 
+        # `ple`: the demo's settings. `ple_anchored`: the same with the DPO ranking loss anchored on the initial model
+        # (the adapter-disabled policy, beta 0.1), the remedy the issue proposes against filler answers.
+        anchor = {"ranking_loss_type": "dpo", "beta": 0.1} if method == "ple_anchored" else {}
         config = PLEConfig(principle=task.principle, per_device_train_batch_size=args.pairs,
                            max_completion_length=args.max_completion_length, temperature=args.temperature, tau0=0.2,
                            alpha=0.9, rank_sft_coef=1.0, iteration_unit="steps", steps_per_iteration=4,
-                           reward_weights=task.reward_weights, **common)  # fmt: skip
+                           reward_weights=task.reward_weights, **anchor, **common)  # fmt: skip
         trainer = PLETrainer(model=policy, reward_funcs=task.reward_funcs, args=config, train_dataset=dataset,
                              processing_class=ctx.tokenizer, peft_config=_peft_config())  # fmt: skip
         trainer.train()
