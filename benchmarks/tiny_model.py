@@ -7,7 +7,7 @@ the test suite.
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
 POSITIVE_WORDS = ["good", "great", "kind", "happy", "warm", "nice"]
 NEGATIVE_WORDS = ["bad", "awful", "sad", "cold", "rude", "ugly"]
@@ -31,23 +31,39 @@ def make_tokenizer():
     return tokenizer
 
 
-def build_tiny_llama(path, seed=0, num_hidden_layers=4, hidden_size=64):
-    """Save a randomly initialised tiny Llama (4 layers by default) and its tokenizer under `path`; return the path."""
-    torch.manual_seed(seed)
-    tokenizer = make_tokenizer()
-    config = LlamaConfig(
+def _config(tokenizer, num_hidden_layers, hidden_size, max_position_embeddings, **kwargs):
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **kwargs,
     )
+
+
+def build_tiny_reward_model(path, seed=0, num_hidden_layers=2, hidden_size=64, max_position_embeddings=1024):
+    """Save a randomly initialised tiny Llama classifier (one reward logit) and its tokenizer under `path`: the size of
+    a small classifier reward model, so its cost is a small, equal share of every trainer's step."""
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    config = _config(tokenizer, num_hidden_layers, hidden_size, max_position_embeddings, num_labels=1)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def build_tiny_llama(path, seed=0, num_hidden_layers=4, hidden_size=64, max_position_embeddings=256):
+    """Save a randomly initialised tiny Llama (4 layers by default) and its tokenizer under `path`; return the path."""
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    config = _config(tokenizer, num_hidden_layers, hidden_size, max_position_embeddings)
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
