@@ -235,7 +235,7 @@ def common_args(opts, output_dir):
         save_strategy="no",
         disable_tqdm=True,
         gradient_checkpointing=False,
-        bf16=False,
+        bf16=opts.bf16,
         fp16=False,
         use_cpu=opts.device.type == "cpu",
         dataloader_num_workers=0,
@@ -362,7 +362,8 @@ class Limit:
         ids = torch.cat([prompt_ids.repeat(2, 1), completion_ids], dim=1)
         mask = torch.cat([prompt_mask.repeat(2, 1), completion_mask], dim=1)
         length = completion_ids.size(1)
-        logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=length + 1).logits[:, :-1]
+        with torch.autocast(self.opts.device.type, dtype=torch.bfloat16, enabled=self.opts.bf16):
+            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=length + 1).logits[:, :-1].float()
         per_token = torch.gather(logits.log_softmax(-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
         sums = self.losses.sequence_logps(per_token, completion_mask).view(2, num)
         means = self.losses.sequence_logps(per_token, completion_mask, length_normalize=True).view(2, num)
@@ -436,7 +437,8 @@ def format_table(results, opts, memory_kind):
         f"{opts.case} case: model `{opts.model_name}`, device `{opts.device}` ({torch.get_num_threads()} threads), "
         f"{prompts}, {opts.batch_size} pairs = {2 * opts.batch_size} completions/step, "
         f"{opts.completion_length} tokens per answer, "
-        f"{opts.steps} timed steps each after {opts.warmup} warm-up, interleaved, seed {opts.seed}; "
+        f"{opts.steps} timed steps each after {opts.warmup} warm-up, interleaved, seed {opts.seed}, "
+        f"{'bf16 mixed precision' if opts.bf16 else 'fp32'}; "
         f"torch {torch.__version__}"
     )
     return setup, "\n".join(lines)
@@ -461,6 +463,7 @@ def parse_args(argv=None):
                              "all, but the limit (lexicon reward only) in the long case")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: min(2, cores))")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (fp32 weights) in every runner")
     parser.add_argument("--write", action="store_true", help="write the table to benchmarks/results/<device>.md")
     parser.add_argument("--output", default=None, help="with --write: the Markdown file to write (default: "
                         "benchmarks/results/<device>.md)")
