@@ -14,14 +14,25 @@ warm-up) of:
 
 Every peer runs at its fastest settings for the work: gradient checkpointing off, no mixed precision on CPU, no logging
 or saving. Every answer is exactly `--completion-length` tokens long (`min_new_tokens`), so each trainer does the same
-amount of work whatever it samples. The reward is a word lexicon (no model), so it costs the same everywhere.
+amount of work whatever it samples.
+
+Two cases (`--case`):
+
+- `short`: today's 5-12 word prompts, 24-token answers, a word-lexicon reward (no model, so it costs the same
+  everywhere), and PLE's limit;
+- `long`: prompts of `--prompt-length` (256) tokens and `--long-completion-length` (64) token answers, as the paper's
+  HH dialogues and TL;DR posts, scored by a small classifier reward model (a 2-layer Llama classifier, hidden size 64,
+  loaded by every trainer from the same folder). With `--model tiny` the policy is a 4-layer Llama of hidden size
+  `--long-hidden-size` (256): at hidden size 64 the step is all Python overhead, where no trainer does less than
+  another. Here both answers of a pair continue the same long plain prompt, which PLE's loss pass runs once.
 
 The trainers run interleaved (A, B, C, D, A, B, C, D, ...): each runs `train()` in its own thread, and a baton passed
 by a callback at every step boundary lets exactly one step run at a time. Timings are medians, robust to a machine
 shared with other jobs.
 
 ```bash
-python benchmarks/step_cost.py                        # tiny 4-layer Llama built on the fly, CPU, < 5 minutes
+python benchmarks/step_cost.py                        # both cases, tiny Llamas built on the fly, CPU, a few minutes
+python benchmarks/step_cost.py --case long --steps 6 --warmup 1 --write   # the long-prompt case only
 python benchmarks/step_cost.py --model smollm2 --steps 6 --write   # SmolLM2-135M from the demo cache
 ```
 """
@@ -48,7 +59,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import peak_memory_bytes, reset_peak_memory, synchronize  # noqa: E402
-from tiny_model import NEGATIVE_WORDS, POSITIVE_WORDS, build_tiny_llama  # noqa: E402
+from tiny_model import NEGATIVE_WORDS, POSITIVE_WORDS, WORDS, build_tiny_llama, build_tiny_reward_model  # noqa: E402
 
 PROMPTS = [
     "write a review of the movie :",
@@ -64,6 +75,7 @@ PRINCIPLE = "please be positive and kind ."
 POSITIVE = set(POSITIVE_WORDS) | {"love", "wonderful", "lovely", "best", "enjoy", "beautiful", "fun", "glad"}
 NEGATIVE = set(NEGATIVE_WORDS) | {"hate", "terrible", "worst", "boring", "poor", "angry", "wrong", "sorry"}
 TRAINERS = ("ple", "grpo", "online_dpo", "limit")
+CASES = ("short", "long")
 # Variants for A/B measurements of PLE's own optimisations (not run by default).
 VARIANTS = ("ple_entropy_head",)
 LABELS = {
@@ -223,7 +235,7 @@ def common_args(opts, output_dir):
         save_strategy="no",
         disable_tqdm=True,
         gradient_checkpointing=False,
-        bf16=False,
+        bf16=opts.bf16,
         fp16=False,
         use_cpu=opts.device.type == "cpu",
         dataloader_num_workers=0,
@@ -248,7 +260,7 @@ def make_ple(opts, dataset, tokenizer, output_dir):
     )
     return PLETrainer(
         model=load_model(opts),
-        reward_funcs=lexicon_reward,
+        reward_funcs=opts.reward,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -275,7 +287,7 @@ def make_grpo(opts, dataset, tokenizer, output_dir):
     )
     return GRPOTrainer(
         model=load_model(opts),
-        reward_funcs=lexicon_reward,
+        reward_funcs=opts.reward,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -293,7 +305,7 @@ def make_online_dpo(opts, dataset, tokenizer, output_dir):
     )
     return OnlineDPOTrainer(
         model=load_model(opts),
-        reward_funcs=lexicon_reward,
+        reward_funcs=opts.reward,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -350,7 +362,8 @@ class Limit:
         ids = torch.cat([prompt_ids.repeat(2, 1), completion_ids], dim=1)
         mask = torch.cat([prompt_mask.repeat(2, 1), completion_mask], dim=1)
         length = completion_ids.size(1)
-        logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=length + 1).logits[:, :-1]
+        with torch.autocast(self.opts.device.type, dtype=torch.bfloat16, enabled=self.opts.bf16):
+            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=length + 1).logits[:, :-1].float()
         per_token = torch.gather(logits.log_softmax(-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
         sums = self.losses.sequence_logps(per_token, completion_mask).view(2, num)
         means = self.losses.sequence_logps(per_token, completion_mask, length_normalize=True).view(2, num)
@@ -386,6 +399,16 @@ def run_limit(limit, recorder, baton, opts):
 # --- report ---------------------------------------------------------------------------------------------------------
 
 
+def long_prompts(count, length, seed=0):
+    """`count` prompts of `length` words drawn from the tiny tokenizer's vocabulary (one token each there)."""
+    generator = torch.Generator().manual_seed(seed)
+    words = [w for w in WORDS if w not in (":", "?")]
+    return [
+        " ".join(words[i] for i in torch.randint(len(words), (length,), generator=generator).tolist()) + " :"
+        for _ in range(count)
+    ]
+
+
 def format_table(results, opts, memory_kind):
     medians = {name: statistics.median(r["times"]) for name, r in results.items()}
 
@@ -407,11 +430,15 @@ def format_table(results, opts, memory_kind):
             f"{ratio(name, 'online_dpo')} | {ratio(name, 'limit')} | {max(peaks) / 2**20:.0f} | "
             f"{max(max(0, p - b) for p, b in zip(peaks, bases)) / 2**20:.0f} |"
         )
+    prompts = "short prompts (5-12 words), a word-lexicon reward"
+    if opts.case == "long":
+        prompts = f"{opts.prompt_length}-token prompts, a tiny classifier reward model (2 layers, hidden 64)"
     setup = (
-        f"model `{opts.model_name}`, device `{opts.device}` ({torch.get_num_threads()} threads), "
-        f"{opts.batch_size} pairs = {2 * opts.batch_size} completions/step, "
+        f"{opts.case} case: model `{opts.model_name}`, device `{opts.device}` ({torch.get_num_threads()} threads), "
+        f"{prompts}, {opts.batch_size} pairs = {2 * opts.batch_size} completions/step, "
         f"{opts.completion_length} tokens per answer, "
-        f"{opts.steps} timed steps each after {opts.warmup} warm-up, interleaved, seed {opts.seed}; "
+        f"{opts.steps} timed steps each after {opts.warmup} warm-up, interleaved, seed {opts.seed}, "
+        f"{'bf16 mixed precision' if opts.bf16 else 'fp32'}; "
         f"torch {torch.__version__}"
     )
     return setup, "\n".join(lines)
@@ -424,18 +451,30 @@ def parse_args(argv=None):
                              "or a local path")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per trainer")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per trainer first")
-    parser.add_argument("--completion-length", type=int, default=24)
+    parser.add_argument("--case", default="both", choices=CASES + ("both",), help="which case(s) to time")
+    parser.add_argument("--completion-length", type=int, default=24, help="answer tokens in the short case")
+    parser.add_argument("--prompt-length", type=int, default=256, help="prompt tokens in the long case")
+    parser.add_argument("--long-completion-length", type=int, default=64, help="answer tokens in the long case")
+    parser.add_argument("--long-hidden-size", type=int, default=256, help="hidden size of the tiny Llama, long case")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs (prompts) per step; 2x completions")
     parser.add_argument("--device", default=None, help="cpu, cuda, npu, ... (default: the accelerator if any)")
-    parser.add_argument("--trainers", default=",".join(TRAINERS),
-                        help=f"comma-separated subset of {TRAINERS} (or the A/B variants {VARIANTS})")  # fmt: skip
+    parser.add_argument("--trainers", default=None,
+                        help=f"comma-separated subset of {TRAINERS} (or the A/B variants {VARIANTS}); default: "
+                             "all, but the limit (lexicon reward only) in the long case")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: min(2, cores))")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (fp32 weights) in every runner")
     parser.add_argument("--write", action="store_true", help="write the table to benchmarks/results/<device>.md")
+    parser.add_argument("--output", default=None, help="with --write: the Markdown file to write (default: "
+                        "benchmarks/results/<device>.md)")
     return parser.parse_args(argv)
 
 
-def resolve_model(name, workdir):
+def resolve_model(name, workdir, case="short", hidden_size=256):
+    if name == "tiny" and case == "long":
+        path = Path(workdir) / "tiny-llama-long"
+        path = build_tiny_llama(path, hidden_size=hidden_size, max_position_embeddings=1024)
+        return f"tiny-llama-4l-h{hidden_size}", path
     if name == "tiny":
         return "tiny-llama-4l", build_tiny_llama(Path(workdir) / "tiny-llama")
     if name in ("smollm2", "demo"):
@@ -453,19 +492,37 @@ def main(argv=None):
         accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
         opts.device = accelerator or torch.device("cpu")
     opts.device = torch.device(opts.device)
-    names = [n.strip() for n in opts.trainers.split(",") if n.strip()]
+    results = {}
+    for case in CASES if opts.case == "both" else (opts.case,):
+        results[case] = run_case(argparse.Namespace(**vars(opts)), case)
+    return results if opts.case == "both" else results[opts.case]
+
+
+def run_case(opts, case):
+    opts.case = case
+    default = [n for n in TRAINERS if case == "short" or n != "limit"]
+    names = [n.strip() for n in opts.trainers.split(",") if n.strip()] if opts.trainers else default
     unknown = set(names) - set(TRAINERS + VARIANTS)
     if unknown:
         raise SystemExit(f"unknown trainers {sorted(unknown)}; choose among {TRAINERS + VARIANTS}")
+    if case == "long" and "limit" in names:
+        raise SystemExit("the PLE limit runs the short case only (its reward is the word lexicon)")
 
     with tempfile.TemporaryDirectory() as workdir:
-        opts.model_name, opts.model_path = resolve_model(opts.model, workdir)
+        opts.model_name, opts.model_path = resolve_model(opts.model, workdir, case, opts.long_hidden_size)
         tokenizer = AutoTokenizer.from_pretrained(opts.model_path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         rows = (opts.warmup + opts.steps + 2) * opts.batch_size
-        dataset = Dataset.from_dict({"prompt": [PROMPTS[i % len(PROMPTS)] for i in range(rows)]})
+        if case == "long":
+            opts.completion_length = opts.long_completion_length
+            opts.reward = build_tiny_reward_model(Path(workdir) / "reward")
+            prompts = long_prompts(len(PROMPTS), opts.prompt_length, opts.seed)
+        else:
+            opts.reward = lexicon_reward
+            prompts = PROMPTS
+        dataset = Dataset.from_dict({"prompt": [prompts[i % len(prompts)] for i in range(rows)]})
 
         memory = PeakMemory(opts.device)
         baton = Baton(names)
@@ -502,11 +559,13 @@ def main(argv=None):
     print(f"(total {elapsed:.0f} s; per-step times: " + "; ".join(
         f"{name} " + " ".join(f"{t:.3f}" for t in r["times"]) for name, r in results.items()) + ")")  # fmt: skip
     if opts.write:
-        out = Path(__file__).resolve().parent / "results" / f"{opts.device.type}.md"
+        default_out = Path(__file__).resolve().parent / "results" / f"{opts.device.type}.md"
+        out = Path(opts.output) if opts.output else default_out
         out.parent.mkdir(parents=True, exist_ok=True)
-        section = f"## {opts.model_name}\n\n{setup}\n\n{table}\n"
+        title = opts.model_name if case == "short" else f"{opts.model_name}, long prompts"
+        section = f"## {title}\n\n{setup}\n\n{table}\n"
         text = out.read_text() if out.exists() else f"# Step cost on `{opts.device.type}`\n\n"
-        marker = f"## {opts.model_name}\n"
+        marker = f"## {title}\n"
         if marker in text:  # replace this model's section, keep the others
             head, _, rest = text.partition(marker)
             tail = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""

@@ -118,7 +118,7 @@ def build_tiny_causal_lm(path, seed: int = 0, model_class=LlamaForCausalLM, **co
     return str(path)
 
 
-def build_tiny_reward_model(path, seed: int = 0, chat_template: bool = True) -> str:
+def build_tiny_reward_model(path, seed: int = 0, chat_template: bool = True, **config_kwargs) -> str:
     """
     Save a randomly initialised tiny sequence-classification reward model (one label) and its own tokenizer, which
     differs from the policy's, under `path`.
@@ -127,13 +127,14 @@ def build_tiny_reward_model(path, seed: int = 0, chat_template: bool = True) -> 
         path (`str` or `os.PathLike`): the folder.
         seed (`int`, *optional*, defaults to `0`): seed of the weights.
         chat_template (`bool`, *optional*, defaults to `True`): give the tokenizer a chat template.
+        **config_kwargs: config arguments overriding [`TINY_SIZES`] (e.g. `hidden_size=64`).
 
     Returns:
         `str`: `path`.
     """
     torch.manual_seed(seed)
     tokenizer = make_reward_tokenizer(chat_template=chat_template)
-    config = tiny_llama_config(len(tokenizer), num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    config = tiny_llama_config(len(tokenizer), num_labels=1, pad_token_id=tokenizer.pad_token_id, **config_kwargs)
     model = LlamaForSequenceClassification(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -1,0 +1,34 @@
+"""The prepared GPU check (`benchmarks/gpu_check.sh`, issue 13): its dry run on the CPU runs every step and writes
+every result."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    env.pop("PYTHONPATH", None)  # the script puts this checkout's src/ first itself
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "env.txt", "equivalence.json", "equivalence.txt", "pytest.txt", "step_cost.md", "step_cost.txt",
+    ]  # fmt: skip
+    assert "device None (cpu)" in (tmp_path / "env.txt").read_text()
+    assert " passed" in (tmp_path / "pytest.txt").read_text()
+    report = json.loads((tmp_path / "equivalence.json").read_text())
+    assert report["device"] == "cpu" and report["failures"] == []
+    assert report["loss_pass_fp32"]["max_logp_sum_diff"] < 1e-4
+    assert report["training_bf16"]["parameters_changed"] == "39/39"  # every tensor of the 4-layer Llama moved
+    table = (tmp_path / "step_cost.md").read_text()
+    assert table.count("| PLE |") == 2 and table.count("| GRPO (num_generations=2) |") == 2  # short and long
+    assert "## tiny-llama-4l-h64, long prompts" in table and "bf16 mixed precision" in table
