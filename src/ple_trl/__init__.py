@@ -2,8 +2,9 @@
 
 __version__ = "0.1.0"
 
-from . import labeling, losses, principles  # noqa: E402
-from .config import PLEConfig  # noqa: E402
+from . import labeling, losses, principles, spa  # noqa: E402
+from .config import PLEConfig, SPAConfig  # noqa: E402
+from .spa_trainer import SPATrainer  # noqa: E402
 from .trainer import PLETrainer  # noqa: E402
 
-__all__ = ["PLEConfig", "PLETrainer", "labeling", "losses", "principles", "__version__"]
+__all__ = ["PLEConfig", "PLETrainer", "SPAConfig", "SPATrainer", "labeling", "losses", "principles", "spa", "__version__"]
