@@ -416,3 +416,89 @@ def test_spa_trainer_needs_spa_config(tmp_path, tiny_model_path):
     args = PLEConfig(output_dir=str(tmp_path), principle="be kind", use_cpu=True, bf16=False)
     with pytest.raises(TypeError, match="SPATrainer needs an `SPAConfig`"):
         SPATrainer(model=tiny_model_path, args=args, train_dataset={"prompt": PROMPTS})
+
+
+# --- recipe and `ple-trl train --method spa` ------------------------------------------------------------------------
+
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "examples", "recipes", "spa.yaml")
+SEED_ROWS = [
+    {"prompt": f"tell me about your {thing} :", "chosen": f" it was good and {word} .", "rejected": " bad ."}
+    for thing, word in [("day", "warm"), ("city", "nice"), ("food", "great"), ("friend", "kind")]
+]
+
+
+def test_spa_recipe_parses_as_spa():
+    from ple_trl.scripts.ple import parse_args
+
+    script_args, training_args, model_args = parse_args([RECIPE])
+    assert script_args.method == "spa" and isinstance(training_args, SPAConfig)
+    assert script_args.has_seed_stage and script_args.seed_dataset_train_split == "train[:2000]"
+    assert script_args.dataset_train_split == "train[2000:]"
+    assert (training_args.temperature, training_args.beta, training_args.refinement_alpha) == (0.7, 0.1, 0.1)
+    assert (training_args.refinement_warmup_ratio, training_args.confidence_quantile) == (0.2, 0.1)
+    assert training_args.margin_history_size == 50 and training_args.steps_per_iteration == 500
+    assert model_args.use_peft is True
+
+
+def test_method_spa_refuses_rewards_and_ple_knobs(tmp_path, tiny_model_path):
+    from ple_trl.scripts.ple import main, parse_args
+
+    data = str(tmp_path / "prompts.jsonl")
+    with open(data, "w") as f:
+        f.writelines(json.dumps({"prompt": p}) + "\n" for p in PROMPTS)
+    base = ["--method", "spa", "--model_name_or_path", tiny_model_path, "--dataset_name", data, "--output_dir",
+            str(tmp_path / "out"), "--use_cpu", "True", "--bf16", "False"]  # fmt: skip
+    with pytest.raises(ValueError, match="`--method spa` labels its answers with the model's implicit reward"):
+        main(*parse_args([*base, "--reward_funcs", "vader_sentiment"]))
+    with pytest.raises(ValueError, match="`tau0=0.5` is a PLE setting that SPA does not use"):
+        parse_args([*base, "--tau0", "0.5"])
+    with pytest.raises(ValueError, match="add `--method spa`"):
+        parse_args(["--model_name_or_path", tiny_model_path, "--seed_dataset_name", data, "--principle", "x"])
+
+
+def test_method_spa_runs_seed_stage_then_spa(tmp_path, tiny_model_path):
+    from ple_trl.scripts.ple import main, parse_args
+
+    seed_data = str(tmp_path / "seed.jsonl")
+    with open(seed_data, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in SEED_ROWS)
+    prompts = str(tmp_path / "prompts.jsonl")
+    with open(prompts, "w") as f:
+        f.writelines(json.dumps({"prompt": p}) + "\n" for p in PROMPTS)
+    output_dir = tmp_path / "out"
+    argv = [
+        RECIPE,
+        "--model_name_or_path", tiny_model_path,
+        "--seed_dataset_name", seed_data,
+        "--seed_dataset_train_split", "train",
+        "--seed_steps", "2",
+        "--seed_learning_rate", "0.01",
+        "--dataset_name", prompts,
+        "--dataset_train_split", "train",
+        "--output_dir", str(output_dir),
+        "--max_steps", "2",
+        "--steps_per_iteration", "1",
+        "--per_device_train_batch_size", "2",
+        "--gradient_accumulation_steps", "1",
+        "--max_completion_length", "4",
+        "--logging_steps", "1",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--dtype", "float32",
+        "--bf16", "False",
+        "--use_cpu", "True",
+        "--gradient_checkpointing", "False",
+    ]  # fmt: skip
+    trainer = main(*parse_args(argv))
+    assert isinstance(trainer, SPATrainer) and trainer.state.global_step == 2
+    # The seed stage (TRL's DPOTrainer) left a merged model, which SPA trained; pi_init is the model it started from.
+    seed_dir = output_dir / "seed"
+    assert (seed_dir / "config.json").exists() and not (seed_dir / "adapter_config.json").exists()
+    assert trainer.model.base_model.model.config._name_or_path == str(seed_dir)
+    assert trainer.ref_model.config._name_or_path == tiny_model_path
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["spa/iteration"] for entry in logs] == [0.0, 1.0]
+    # The seed model differs from pi_init, so the implicit rewards of the first iteration are not all zero.
+    assert logs[0]["reward_std"] > 0
+    labels = [json.loads(line) for line in (output_dir / AUDIT_LOG_NAME).read_text().splitlines()]
+    assert len(labels) == 2 * 2 and {r["prompt"] for r in labels} <= set(PROMPTS)
