@@ -502,3 +502,44 @@ def test_method_spa_runs_seed_stage_then_spa(tmp_path, tiny_model_path):
     assert logs[0]["reward_std"] > 0
     labels = [json.loads(line) for line in (output_dir / AUDIT_LOG_NAME).read_text().splitlines()]
     assert len(labels) == 2 * 2 and {r["prompt"] for r in labels} <= set(PROMPTS)
+
+
+# --- `ple-trl demo --method spa` ------------------------------------------------------------------------------------
+
+
+def test_spa_seed_set_is_shipped_and_apart_from_the_demo_prompts():
+    from ple_trl.demo import load_demo_prompts, load_spa_seed
+
+    rows = load_spa_seed()
+    assert len(rows) == 36
+    prompts = {row["prompt"][-1]["content"] for row in rows}
+    assert len(prompts) == 36 and not prompts & set(load_demo_prompts())
+    for row in rows:
+        assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
+        assert len(row["chosen"][0]["content"]) > len(row["rejected"][0]["content"])  # warm and full, against curt
+
+
+def test_demo_method_spa_runs_seed_stage_then_spa(tmp_path, tiny_model_path, capsys):
+    from ple_trl import cli
+
+    out = tmp_path / "spa-demo"
+    argv = [
+        "demo", "--method", "spa", "--model", tiny_model_path, "--output-dir", str(out), "--steps", "2",
+        "--batch-size", "2", "--num-heldout", "2", "--max-completion-length", "4", "--num-train-prompts", "4",
+        "--steps-per-iteration", "1", "--seed-steps", "2", "--seed", "0", "--threads", "1", "--quiet",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "plain prompt: reward" in stdout and "After the seed DPO stage alone" in stdout
+    results = json.loads((out / "demo_results.json").read_text())
+    assert results["settings"]["method"] == "spa" and results["settings"]["seed_steps"] == 2
+    assert "principle" not in results["settings"]
+    for moment in ("before", "after_seed", "after"):
+        assert len(results[moment]["plain"]["answers"]) == 2
+    # The seed stage saved a merged model; SPA trained 2 steps of 2 pairs and logged its metrics.
+    assert (out / "seed" / "config.json").is_file() and not (out / "seed" / "adapter_config.json").exists()
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert state["global_step"] == 2 and all("spa/margin" in entry for entry in logged)
+    labels = [json.loads(line) for line in (out / AUDIT_LOG_NAME).read_text().splitlines()]
+    assert len(labels) == 4 and all("chosen" in row and "rejected" in row for row in labels)

@@ -36,6 +36,9 @@ DEMO_PRINCIPLE = (
     "Answer in a warm, positive and clean way: be kind and encouraging, and never use rude or offensive words."
 )
 DEMO_PROMPTS_PATH = Path(__file__).parent / "data" / "demo_prompts.jsonl"
+# `--method spa`: the seed preference set (warm answer chosen, curt one rejected), written for this project.
+SPA_SEED_PATH = Path(__file__).parent / "data" / "spa_seed.jsonl"
+METHODS = ("ple", "spa")
 SPLITS = ("train", "heldout")
 # A VADER compound score above this counts as a positive answer (VADER's own convention).
 POSITIVE_THRESHOLD = 0.05
@@ -50,6 +53,10 @@ DEFAULTS = dict(
     num_heldout=64,
     steps_per_iteration=4,
     rank_sft_coef=1.0,
+    # `--method spa`: the seed DPO stage (one pass over the 36 seed pairs, 4 per step), on a LoRA adapter merged after.
+    seed_steps=9,
+    seed_batch_size=4,
+    seed_learning_rate=5e-4,
 )
 
 
@@ -142,6 +149,90 @@ def measure_rewards(model, tokenizer, prompts, principle: str | None = None, max
     }
 
 
+def load_spa_seed(path=None) -> list[dict]:
+    """
+    The demo's seed preference set for `--method spa`: conversational `prompt`/`chosen`/`rejected` rows, the chosen
+    answer warm and positive, the rejected one curt or negative. Its prompts are none of the demo's prompts.
+
+    Args:
+        path (`str`, `os.PathLike` or `None`, *optional*, defaults to `None`): a JSON-lines file of such rows; `None`
+            uses the file shipped with ple-trl.
+
+    Returns:
+        `list[dict]`
+    """
+    with open(SPA_SEED_PATH if path is None else Path(path)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _spa_trainer(policy, model_path, tokenizer, train_prompts, output_dir, measure, progress, **settings):
+    """`--method spa`: TRL's DPOTrainer on the seed set (a LoRA adapter, merged), then an [`SPATrainer`] whose
+    `pi_init` is the model before the seed stage. Returns the trainer, its config and the seed model's measurement."""
+    import copy
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    from . import SPAConfig, SPATrainer
+    from .spa_trainer import run_seed_dpo
+
+    init_model = copy.deepcopy(policy)  # pi_init: the seed stage trains (and merges into) `policy` in place
+    lora = dict(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    seed_dir = os.path.join(output_dir, "seed")
+    run_seed_dpo(
+        policy,
+        Dataset.from_list(load_spa_seed()),
+        seed_dir,
+        peft_config=LoraConfig(**lora),
+        processing_class=tokenizer,
+        max_steps=settings["seed_steps"],
+        per_device_train_batch_size=settings["seed_batch_size"],
+        learning_rate=settings["seed_learning_rate"],
+        beta=0.1,
+        max_length=256,
+        logging_steps=1,
+        bf16=False,
+        seed=settings["seed"],
+        disable_tqdm=not progress,
+    )
+    # The saved seed model, not the in-memory one, which DPOTrainer has wrapped and patched.
+    policy = AutoModelForCausalLM.from_pretrained(seed_dir, dtype=policy.dtype)
+    if progress:
+        print("Measuring the held-out prompts after the seed DPO stage ...", flush=True)
+    after_seed = measure(policy, with_principled=False)
+    args = SPAConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=settings["batch_size"],
+        max_completion_length=settings["max_completion_length"],
+        temperature=settings["temperature"],
+        max_steps=settings["steps"],
+        learning_rate=settings["learning_rate"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        seed=settings["seed"],
+        iteration_unit="steps",
+        steps_per_iteration=settings["steps_per_iteration"],
+        save_enhanced_labels=True,
+        disable_tqdm=not progress,
+        **(settings["config_overrides"] or {}),
+    )
+    trainer = SPATrainer(
+        model=policy,
+        ref_model=init_model,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": [_as_chat(p) for p in train_prompts]}),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(**lora),
+    )
+    return trainer, args, after_seed
+
+
 def _progress_callback(total_steps):
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
@@ -162,6 +253,8 @@ def _progress_callback(total_steps):
                 "principled": logs.get("ple/reward_principled"),
                 "tau": logs.get("ple/tau"),
                 "ranked": logs.get("ple/rank_fraction"),
+                "margin": logs.get("spa/margin"),
+                "refined": logs.get("spa/refined_fraction"),
             }
             if any(value is not None for value in shown.values()):
                 self.bar.set_postfix({k: f"{v:.2f}" for k, v in shown.items() if v is not None}, refresh=True)
@@ -254,6 +347,8 @@ def _run_demo(
     config_overrides: dict | None = None,
     plot: bool = True,
     progress: bool = True,
+    method: str = "ple",
+    seed_steps: int = DEFAULTS["seed_steps"],
 ) -> dict:
     """
     The demo's body: measure, train with PLE, measure again; write the run's files.
@@ -294,6 +389,12 @@ def _run_demo(
             Write `ple_curves.png`.
         progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar while training.
+        method (`str`, *optional*, defaults to `"ple"`):
+            `"ple"`, or `"spa"`: a seed DPO stage (TRL's `DPOTrainer`, LoRA merged) on the shipped seed preference set
+            ([`load_spa_seed`]), then [`SPATrainer`] on the training prompts with no reward (the demo's rewards only
+            measure). `config_overrides` then holds [`SPAConfig`] fields.
+        seed_steps (`int`, *optional*, defaults to `9`):
+            `method="spa"`: optimizer steps of the seed stage (4 pairs each).
 
     Returns:
         `dict`: `before` and `after` (each with `plain` and `principled` measurements from [`measure_rewards`]),
@@ -315,7 +416,10 @@ def _run_demo(
         "max_completion_length": (max_completion_length, 1),
         "steps_per_iteration": (steps_per_iteration, 1),
         "eval_batch_size": (eval_batch_size, 1),
+        "seed_steps": (seed_steps, 1),
     }
+    if method not in METHODS:
+        raise ValueError(f"`method={method!r}`: use one of {METHODS}.")
     for name, (value, minimum) in checks.items():
         if not isinstance(value, int) or value < minimum:
             raise ValueError(f"`{name}={value!r}` must be an integer >= {minimum}.")
@@ -365,43 +469,53 @@ def _run_demo(
     labels_path = os.path.join(output_dir, "enhanced_labels.jsonl")
     if os.path.exists(labels_path):  # the trainer appends; a rerun in the same folder starts a fresh audit log
         os.remove(labels_path)
-    config_kwargs = dict(
-        output_dir=output_dir,
-        principle=DEMO_PRINCIPLE,
-        per_device_train_batch_size=batch_size,
-        max_completion_length=max_completion_length,
-        temperature=temperature,
-        max_steps=steps,
-        learning_rate=learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        seed=seed,
-        tau0=0.2,
-        alpha=0.9,
-        # An NLL term on the preferred answer of ranked pairs: at this learning rate, the ranking loss alone (on
-        # sequence log-likelihoods) soon pushes a 135M model into degenerate text.
-        rank_sft_coef=DEFAULTS["rank_sft_coef"],
-        iteration_unit="steps",
-        steps_per_iteration=steps_per_iteration,
-        reward_weights=[1.0, 1.0],
-        save_enhanced_labels=True,
-        disable_tqdm=not progress,
-    )
-    config_kwargs.update(config_overrides or {})
-    args = PLEConfig(**config_kwargs)
-    trainer = PLETrainer(
-        model=policy,
-        reward_funcs=demo_reward_funcs(),
-        args=args,
-        train_dataset=Dataset.from_dict({"prompt": [_as_chat(p) for p in train_prompts]}),
-        processing_class=tokenizer,
-        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
+    after_seed = None
+    if method == "spa":
+        trainer, args, after_seed = _spa_trainer(
+            policy, model_path, tokenizer, train_prompts, output_dir, measure, progress, seed_steps=seed_steps,
+            seed_batch_size=DEFAULTS["seed_batch_size"], seed_learning_rate=DEFAULTS["seed_learning_rate"],
+            batch_size=batch_size, max_completion_length=max_completion_length, temperature=temperature, steps=steps,
+            learning_rate=learning_rate, seed=seed, steps_per_iteration=steps_per_iteration,
+            config_overrides=config_overrides,
+        )  # fmt: skip
+    else:
+        config_kwargs = dict(
+            output_dir=output_dir,
+            principle=DEMO_PRINCIPLE,
+            per_device_train_batch_size=batch_size,
+            max_completion_length=max_completion_length,
+            temperature=temperature,
+            max_steps=steps,
+            learning_rate=learning_rate,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            logging_steps=1,
+            save_strategy="no",
+            bf16=False,
+            gradient_checkpointing=False,
+            report_to="none",
+            seed=seed,
+            tau0=0.2,
+            alpha=0.9,
+            # An NLL term on the preferred answer of ranked pairs: at this learning rate, the ranking loss alone (on
+            # sequence log-likelihoods) soon pushes a 135M model into degenerate text.
+            rank_sft_coef=DEFAULTS["rank_sft_coef"],
+            iteration_unit="steps",
+            steps_per_iteration=steps_per_iteration,
+            reward_weights=[1.0, 1.0],
+            save_enhanced_labels=True,
+            disable_tqdm=not progress,
+        )
+        config_kwargs.update(config_overrides or {})
+        args = PLEConfig(**config_kwargs)
+        trainer = PLETrainer(
+            model=policy,
+            reward_funcs=demo_reward_funcs(),
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": [_as_chat(p) for p in train_prompts]}),
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     if progress:
@@ -422,7 +536,7 @@ def _run_demo(
     trainer.save_model(output_dir)
     files["adapter"] = output_dir
     files["enhanced_labels"] = labels_path
-    if plot:
+    if plot and method == "ple":  # the figure draws PLE's curves (tau, rank fraction)
         from .plotting import plot_run
 
         files["figure"] = plot_run(output_dir, title=f"ple-trl demo: {Path(model_path).name}, seed {seed}")
@@ -448,16 +562,27 @@ def _run_demo(
         "rank_sft_coef": args.rank_sft_coef,
         "steps_per_iteration": steps_per_iteration,
         "seed": seed,
+        "method": method,
         "config_overrides": dict(config_overrides or {}),
         "torch_threads": torch.get_num_threads(),
         "device": str(trainer.accelerator.device),
     }
+    if method == "spa":
+        for name in ("principle", "tau0", "alpha", "rank_sft_coef"):
+            settings.pop(name)
+        settings.update(
+            seed_pairs=len(load_spa_seed()), seed_steps=seed_steps, seed_batch_size=DEFAULTS["seed_batch_size"],
+            seed_learning_rate=DEFAULTS["seed_learning_rate"], beta=args.beta, refinement_alpha=args.refinement_alpha,
+            refinement_warmup_ratio=args.refinement_warmup_ratio, implicit_reward_judge=args.implicit_reward_judge,
+        )  # fmt: skip
     examples = [
         {"prompt": heldout[i], "before": before["plain"]["answers"][i], "after": after["plain"]["answers"][i]}
         for i in range(min(4, len(heldout)))
     ]
     results = {"before": before, "after": after, "settings": settings, "timings": timings, "files": files,
                "examples": examples}  # fmt: skip
+    if after_seed is not None:
+        results["after_seed"] = after_seed
     files["results"] = os.path.join(output_dir, "demo_results.json")
     with open(files["results"], "w") as f:
         json.dump(results, f, indent=2)
@@ -498,6 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--measure-principled-after", action="store_true",
                         help="Also measure the principle-guided prompts after training (about 20 s more).")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="No progress bar, no transformers warnings.")
+    parser.add_argument("--method", choices=METHODS, default="ple",
+                        help="`spa`: a seed DPO stage on a shipped preference set, then SPA (no reward in training).")
+    parser.add_argument("--seed-steps", type=int, default=DEFAULTS["seed_steps"],
+                        help="`--method spa`: optimizer steps of the seed DPO stage.")  # fmt: skip
     return parser
 
 
@@ -534,6 +663,8 @@ def main(argv=None) -> int:
         threads=args.threads,
         measure_principled_after=args.measure_principled_after,
         progress=not args.quiet,
+        method=args.method,
+        seed_steps=args.seed_steps,
     )
     timings, files = results["timings"], results["files"]
     print()
@@ -541,6 +672,8 @@ def main(argv=None) -> int:
     print()
     for example in results["examples"][:2]:
         print(f"Q: {example['prompt']}\n  before: {example['before']!r}\n  after:  {example['after']!r}")
+    if "after_seed" in results:
+        print(f"After the seed DPO stage alone: plain prompt reward {results['after_seed']['plain']['reward']:+.3f}")
     print()
     print(
         f"Trained {results['settings']['pairs_trained']} pairs in {timings['train_s']:.0f} s; whole run "

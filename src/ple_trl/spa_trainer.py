@@ -344,7 +344,7 @@ class SPATrainer(PLETrainer):
         return "\n".join(lines)
 
 
-def run_seed_dpo(model, train_dataset, output_dir: str, peft_config=None, **dpo_kwargs) -> str:
+def run_seed_dpo(model, train_dataset, output_dir: str, peft_config=None, processing_class=None, **dpo_kwargs) -> str:
     """
     SPA's seed stage: TRL's [`~trl.DPOTrainer`] on a small human-labelled preference set (the paper: 2,000
     UltraFeedback pairs, 3.3%), before the SPA iterations. A LoRA adapter is merged, so that SPA starts from a plain
@@ -355,6 +355,7 @@ def run_seed_dpo(model, train_dataset, output_dir: str, peft_config=None, **dpo_
         train_dataset: preference data (`prompt`/`chosen`/`rejected`, or implicit prompt), as for `DPOTrainer`.
         output_dir (`str`): where the seed model is saved.
         peft_config ([`~peft.PeftConfig`], *optional*): train an adapter (merged before saving).
+        processing_class (*optional*): the tokenizer; loaded from the model when `None`.
         **dpo_kwargs: fields of [`~trl.DPOConfig`] (`beta`, `learning_rate`, `max_steps`, batch sizes, precision...).
 
     Returns:
@@ -368,6 +369,7 @@ def run_seed_dpo(model, train_dataset, output_dir: str, peft_config=None, **dpo_
         model=model,
         args=DPOConfig(output_dir=output_dir, **dpo_kwargs),
         train_dataset=train_dataset,
+        processing_class=processing_class,
         peft_config=peft_config,
     )
     trainer.train()
