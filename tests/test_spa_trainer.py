@@ -256,7 +256,9 @@ class RecordingSPATrainer(SPATrainer):
             self.records = []
         policy = self.accelerator.unwrap_model(self.model)
         if self._snapshot_adapter is not None:
-            snapshot = {n.replace(".ref.", ".default."): p.detach().clone() for n, p in self._snapshot_parameters().items()}
+            snapshot = {
+                n.replace(".ref.", ".default."): p.detach().clone() for n, p in self._snapshot_parameters().items()
+            }
             current = {n: p.detach().clone() for n, p in policy.named_parameters() if ".default." in n}
         else:
             snapshot = parameters(self._snapshot_model)
@@ -315,6 +317,24 @@ def test_reference_and_margins_survive_resume(tmp_path, tiny_model_path):
     assert all(torch.equal(snapshot[name], at_boundary[name]) for name in common)
     # The margin history went on from the saved one: the step-3 values then the resumed step's.
     assert resumed._margin_history.values[:2] == pytest.approx(state["margin_history"]["values"][1:])
+
+
+def test_peft_reference_adapter_survives_resume(tmp_path, tiny_model_path):
+    peft = {"peft_config": LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")}
+    out = tmp_path / "run"
+    kwargs = dict(save_strategy="steps", save_steps=1, trainer_class=RecordingSPATrainer, trainer_kwargs=peft)
+    trainer = spa_trainer(tiny_model_path, out, **kwargs)
+    trainer.train()
+    (_, initial, _), _, (_, at_boundary, _), (step, uninterrupted, _) = trainer.records
+    assert step == 3 and not _same(uninterrupted, initial)
+    saved = load_file(str(out / "checkpoint-3" / SNAPSHOT_NAME))
+    assert saved and all(".ref." in name for name in saved)  # the adapter copy, not the model
+
+    # transformers also reloads the "ref" adapter from its checkpoint subfolder; either way it must be the step-2 copy.
+    resumed = spa_trainer(tiny_model_path, out, **kwargs)
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-3"))
+    (step, snapshot, _), *_ = resumed.records
+    assert step == 3 and _same(snapshot, uninterrupted) and _same(snapshot, at_boundary)
 
 
 def test_spa_end_to_end_no_reward(tmp_path, tiny_model_path, init_model_path):

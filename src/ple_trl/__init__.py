@@ -7,4 +7,14 @@ from .config import PLEConfig, SPAConfig  # noqa: E402
 from .spa_trainer import SPATrainer  # noqa: E402
 from .trainer import PLETrainer  # noqa: E402
 
-__all__ = ["PLEConfig", "PLETrainer", "SPAConfig", "SPATrainer", "labeling", "losses", "principles", "spa", "__version__"]
+__all__ = [
+    "PLEConfig",
+    "PLETrainer",
+    "SPAConfig",
+    "SPATrainer",
+    "labeling",
+    "losses",
+    "principles",
+    "spa",
+    "__version__",
+]

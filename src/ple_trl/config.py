@@ -203,6 +203,22 @@ class PLEConfig(GRPOConfig):
             `{output_dir}/enhanced_labels.jsonl`, one record per trained pair: a fresh run starts a fresh file, a
             resumed run drops the records generated after its checkpoint.
 
+    Parameters of the implicit reward (SPA's self-judging reward):
+        reward_source (`str`, *optional*, defaults to `"reward_funcs"`):
+            `"reward_funcs"`: the trainer's reward functions/models (and `reward_model_name_or_path`). `"implicit"`: no
+            reward function at all; the trainer scores each answer with the model's own implicit reward
+            `beta_judge * (log pi_judge(y|x) - log pi_init(y|x))`, computed by the pair forward without gradient.
+            `pi_init` is `ref_model=` of the trainer, else the adapter-disabled model under PEFT, else a frozen copy of
+            the initial policy: with the copy, the first iteration's rewards are all 0 under the `"iteration"` judge.
+        implicit_reward_judge (`str`, *optional*, defaults to `"iteration"`):
+            `pi_judge`: `"iteration"` (the policy as at the start of the current iteration: a copy of the adapter
+            under PEFT, else a frozen copy of the model, refreshed at each iteration boundary and saved in
+            checkpoints) or `"policy"` (the current policy: no copy, cheapest).
+        beta_judge (`float`, *optional*, defaults to `1.0`):
+            Scale of the implicit reward, > 0 (it changes the size of the rewards, not which answer is preferred).
+        implicit_reward_length_normalize (`bool`, *optional*, defaults to `False`):
+            Mean token log-probs instead of sequence sums (SPA uses sums).
+
     Logging: `ple/tau` is logged at the step (the threshold of the logging window's last generation round); the other
     `ple/*` metrics, like GRPO's, are means over the window. `log_completions=True` writes PLE's completions table (one
     row per pair: prompt, both answers, both rewards, route, weight, tau) instead of GRPO's.

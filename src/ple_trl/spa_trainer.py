@@ -168,7 +168,8 @@ class SPATrainer(PLETrainer):
             self._maybe_refresh_snapshot()
 
         # Two plain samples per prompt, in one generation call: the first samples, then the second samples.
-        prompt_ids_list, completion_ids_list, _, completions, _, _, _, _ = self._generate(model_prompts + model_prompts)
+        generated = self._generate(model_prompts + model_prompts)
+        prompt_ids_list, completion_ids_list, completions = generated[0], generated[1], generated[3]
         prompt_ids, prompt_mask = self._pad_ids(prompt_ids_list[:num_pairs], padding_side="left")
         completion_ids, completion_mask = self._pad_ids(completion_ids_list, padding_side="right")
         output = {

@@ -238,7 +238,9 @@ class PLETrainer(GRPOTrainer):
             The policy, as for [`~trl.GRPOTrainer`]: a path or hub id, or a causal language model.
         reward_funcs (`RewardFunc` or `list[RewardFunc]`, *optional*):
             Reward functions and/or reward models, as for [`~trl.GRPOTrainer`]; summed with `args.reward_weights`.
-            `args.reward_model_name_or_path` adds a reward model. At least one reward is required.
+            `args.reward_model_name_or_path` adds a reward model. At least one reward is required, unless
+            `args.reward_source="implicit"`: then none may be given, and the model's own implicit reward scores the
+            answers (logged as the reward `implicit_reward`; see [`PLEConfig`]).
         args ([`PLEConfig`], *optional*):
             Configuration. `per_device_train_batch_size` counts pairs (prompts).
         train_dataset ([`~datasets.Dataset`], [`~datasets.IterableDataset`] or `list[dict]`):
@@ -261,8 +263,9 @@ class PLETrainer(GRPOTrainer):
         peft_config ([`~peft.PeftConfig`], *optional*):
             Trains an adapter; the adapter-disabled model is then the reference when `beta > 0`.
         ref_model (`str` or [`~transformers.PreTrainedModel`], *optional*):
-            Reference model for the `"dpo"`/`"ipo"` ranking losses (`beta > 0`), as for [`~trl.DPOTrainer`]. Default:
-            the adapter-disabled model under PEFT, else a frozen copy of the initial policy.
+            Reference model for the `"dpo"`/`"ipo"` ranking losses (`beta > 0`), as for [`~trl.DPOTrainer`], and
+            `pi_init` of the implicit reward (`reward_source="implicit"`). Default: the adapter-disabled model under
+            PEFT, else a frozen copy of the initial policy.
         quantization_config ([`~transformers.BitsAndBytesConfig`], *optional*):
             Quantization of a model loaded from a path (QLoRA with `peft_config`).
     """
@@ -821,8 +824,8 @@ class PLETrainer(GRPOTrainer):
         return {}
 
     def _maybe_refresh_snapshot(self):
-        """At the first generation round of a new iteration, copy the policy into the snapshot. The iteration is derived
-        from `state.global_step` (like tau), so a resumed run refreshes where the uninterrupted run did."""
+        """At the first generation round of a new iteration, copy the policy into the snapshot. The iteration is
+        derived from `state.global_step` (like tau), so a resumed run refreshes where the uninterrupted run did."""
         if self._snapshot_model is None and self._snapshot_adapter is None:
             return
         iteration = self.completed_iterations()
