@@ -247,6 +247,30 @@ def test_warm_up_keeps_plain_dpo(tmp_path, tiny_model_path):
     assert trainer._metrics["train"]["spa/refined_fraction"] == [1.0]
 
 
+def test_decoupled_noise_detection_judges_on_mixed_logits(tmp_path, tiny_model_path):
+    trainer = spa_trainer(tiny_model_path, tmp_path, decouple_lambda=0.5)
+    trainer.model.train()
+    with torch.no_grad():  # move the policy away from the snapshot, so that the mixture differs from the policy
+        trainer.model.model.layers[0].mlp.up_proj.weight.add_(0.5)
+    inputs, h = _loss_case(trainer, global_step=5, max_steps=10, history=[])
+    ids = inputs["completion_ids"].transpose(0, 1).flatten(0, 1)
+    mask = inputs["completion_mask"].transpose(0, 1).flatten(0, 1)
+    full = torch.cat([inputs["prompt_ids"].repeat(2, 1), ids], 1)
+    attention = torch.cat([inputs["prompt_mask"].repeat(2, 1), mask], 1)
+    length = ids.size(1)
+    with torch.no_grad():
+        policy_logits = trainer.model(input_ids=full, attention_mask=attention).logits[:, -length - 1 : -1]
+        snapshot_logits = trainer._snapshot_model(input_ids=full, attention_mask=attention).logits[:, -length - 1 : -1]
+    mixed = (1.5 * policy_logits - 0.5 * snapshot_logits).log_softmax(-1)
+    logps = (mixed.gather(-1, ids[..., None]).squeeze(-1) * mask).sum(-1).view(2, 2)
+    ref = inputs["ref_logps"]
+    h_mixed = (logps[0] - ref[:, 0]) - (logps[1] - ref[:, 1])
+    assert not torch.allclose(h_mixed, h, atol=1e-3)
+    trainer._compute_loss(trainer.model, inputs)
+    # The margins the confidence is judged on (and remembered) are the mixed ones, not the policy's.
+    assert trainer._margin_history.values == [pytest.approx((0.1 * h_mixed).mean().item(), abs=1e-5)]
+
+
 class RecordingSPATrainer(SPATrainer):
     """Records, at every generation round, the step, the snapshot's and the policy's parameters after the refresh."""
 
@@ -417,6 +441,7 @@ def test_implicit_reward_refuses_reward_functions(tmp_path, tiny_model_path, pos
         (SPAConfig, {"refinement_warmup_ratio": 1.5}, r"`refinement_warmup_ratio=1.5` must lie in \[0, 1\]"),
         (SPAConfig, {"confidence_quantile": 1.0}, r"`confidence_quantile=1.0` must lie in \[0, 1\)"),
         (SPAConfig, {"margin_history_size": 0}, "`margin_history_size=0` must be an integer >= 1"),
+        (SPAConfig, {"decouple_lambda": -0.1}, "`decouple_lambda=-0.1` must be >= 0"),
         (SPAConfig, {"sync_ref_model": True}, "`sync_ref_model=True` is a GRPO setting"),
     ],
 )

@@ -566,6 +566,10 @@ class SPAConfig(PLEConfig):
             `N`: how many margins the threshold is computed from.
         margin_history_per_pair (`bool`, *optional*, defaults to `False`):
             `False` keeps one margin per training step (the batch mean, as the authors' code); `True` every pair's.
+        decouple_lambda (`float`, *optional*, defaults to `0.0`):
+            De-coupled noise detection: a pair's confidence is judged on the logits `(1 + lambda) * z_theta -
+            lambda * z_ref` (policy extrapolated away from the reference) instead of the policy's, `>= 0`; 0 turns it
+            off. It costs two more forwards per step (full logits, no gradient), text-only models.
         temperature (`float`, *optional*, defaults to `0.7`):
             Sampling temperature of the two answers (paper: 0.7).
     """
@@ -583,6 +587,9 @@ class SPAConfig(PLEConfig):
     margin_history_per_pair: bool = field(
         default=False, metadata={"help": "Keep every pair's margin instead of one batch mean per step."}
     )
+    decouple_lambda: float = field(
+        default=0.0, metadata={"help": "De-coupled noise detection's lambda (0: off): confidence on mixed logits."}
+    )
 
     def __post_init__(self):
         defaults = {f.name: f.default for f in dataclasses.fields(PLEConfig)}
@@ -593,7 +600,7 @@ class SPAConfig(PLEConfig):
                     f"`{name}={getattr(self, name)!r}` is a PLE setting that SPA does not use: {reason}. Remove it "
                     f"(default: {defaults[name]!r})."
                 )
-        for name in ("beta", "refinement_alpha", "refinement_warmup_ratio", "confidence_quantile"):
+        for name in ("beta", "refinement_alpha", "refinement_warmup_ratio", "confidence_quantile", "decouple_lambda"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"`{name}={value!r}` must be a finite number.")
@@ -607,6 +614,10 @@ class SPAConfig(PLEConfig):
         if not 0 <= self.refinement_warmup_ratio <= 1:
             raise ValueError(
                 f"`refinement_warmup_ratio={self.refinement_warmup_ratio}` must lie in [0, 1]; SPA uses 0.2."
+            )
+        if self.decouple_lambda < 0:
+            raise ValueError(
+                f"`decouple_lambda={self.decouple_lambda}` must be >= 0; 0 turns de-coupled noise detection off."
             )
         if not 0 <= self.confidence_quantile < 1:
             raise ValueError(f"`confidence_quantile={self.confidence_quantile}` must lie in [0, 1); SPA uses 0.1.")

@@ -9,7 +9,7 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.data_utils import prepare_multimodal_messages
-from trl.trainer.utils import strip_images_from_messages
+from trl.trainer.utils import strip_images_from_messages, use_adapter
 
 from . import spa
 from .config import SPAConfig
@@ -275,7 +275,13 @@ class SPATrainer(PLETrainer):
         h = spa.logratio_margin(policy[0], policy[1], ref[:, 0], ref[:, 1])
         a = self.refinement_strength()
         threshold = self._margin_history.threshold
-        margins = self.beta * h.detach()
+        if self.args.decouple_lambda > 0:
+            # The confidence is judged on the policy extrapolated away from the reference (de-coupled noise detection).
+            mixed = self._decoupled_logps(model, inputs)
+            h_judged = spa.logratio_margin(mixed[0], mixed[1], ref[:, 0], ref[:, 1])
+        else:
+            h_judged = h
+        margins = self.beta * h_judged.detach()
         z = spa.confidence(margins, threshold)
         per_pair = spa.self_refined_dpo_loss(h, z, self.beta, a)
         # Skipped (non-finite) pairs weigh 0; with none skipped this is the batch mean.
@@ -300,6 +306,43 @@ class SPATrainer(PLETrainer):
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         return loss
+
+    def _decoupled_logps(self, model, inputs):
+        """Per-answer log-probs `(2, pairs)` under the mixed logits `(1 + lambda) * z_theta - lambda * z_ref`
+        (`z_ref`: the iteration snapshot), without gradient; sums, or means with `length_normalize`."""
+        if any(inputs.get(key) is not None for key in ("pixel_values", "num_images")):
+            raise ValueError(
+                "`decouple_lambda > 0` is supported for text-only models: the mixed logits are computed without the "
+                "images. Set `decouple_lambda=0` for a vision-language policy."
+            )
+        num_pairs = inputs["prompt_ids"].size(0)
+        completion_ids = inputs["completion_ids"].transpose(0, 1).flatten(0, 1)
+        completion_mask = inputs["completion_mask"].transpose(0, 1).flatten(0, 1)
+        input_ids = torch.cat([inputs["prompt_ids"].repeat(2, 1), completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"].repeat(2, 1), completion_mask], dim=1)
+        length = completion_ids.size(1)
+
+        def completion_logits(net):
+            # Plain forward (not the fused log-prob head): the logits that predict each answer token.
+            return net(input_ids=input_ids, attention_mask=attention_mask).logits[:, -length - 1 : -1].float()
+
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad():
+            policy_logits = completion_logits(model)
+            if self._snapshot_model is not None:
+                reference_logits = completion_logits(self._snapshot_model)
+            else:
+                with use_adapter(unwrapped, adapter_name=self._snapshot_adapter):
+                    reference_logits = completion_logits(model)
+        logps = spa.decoupled_sequence_logps(
+            policy_logits,
+            reference_logits,
+            completion_ids,
+            completion_mask,
+            self.args.decouple_lambda,
+            self.args.length_normalize,
+        )
+        return logps.view(2, num_pairs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
