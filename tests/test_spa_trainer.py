@@ -588,3 +588,14 @@ def test_demo_method_spa_runs_seed_stage_then_spa(tmp_path, tiny_model_path, cap
     assert state["global_step"] == 2 and all("spa/margin" in entry for entry in logged)
     labels = [json.loads(line) for line in (out / AUDIT_LOG_NAME).read_text().splitlines()]
     assert len(labels) == 4 and all("chosen" in row and "rejected" in row for row in labels)
+
+
+def test_spa_log_completions_writes_its_pairs(tmp_path, tiny_model_path):
+    import pandas as pd
+
+    trainer = spa_trainer(tiny_model_path, tmp_path, max_steps=2, log_completions=True, num_completions_to_print=0)
+    trainer.train()
+    frame = pd.read_parquet(tmp_path / "completions" / "completions_00002.parquet")
+    assert list(frame.columns) == ["step", "prompt", "chosen", "rejected", "reward_chosen", "reward_rejected", "route"]
+    assert len(frame) == 2 and set(frame["prompt"]) <= set(PROMPTS)
+    assert (frame["reward_chosen"] >= frame["reward_rejected"]).all()

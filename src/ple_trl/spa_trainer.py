@@ -75,6 +75,7 @@ class SPATrainer(PLETrainer):
     _tag_names = ["trl", "spa"]
     _name = "SPA"
     _uses_principles = False
+    _completion_columns = ("prompt", "chosen", "rejected", "reward_chosen", "reward_rejected", "route")
     _paper = {
         "title": "Aligning Large Language Models with Self-generated Preference Data",
         "id": "2406.04412",
@@ -194,11 +195,17 @@ class SPATrainer(PLETrainer):
         reward_chosen, reward_rejected = spa.select_chosen_rejected(rewards_a, rewards_b, chosen_is_a)
         self._log_spa_round(mode, reward_chosen, reward_rejected, margin, valid)
 
-        if self.args.save_enhanced_labels and mode == "train":
+        save_labels = self.args.save_enhanced_labels and mode == "train"
+        if save_labels or self.log_completions:
             texts = gather_object(
                 [(prompt, completions[i], completions[num_pairs + i]) for i, prompt in enumerate(prompts)]
             )
-            self._save_spa_labels(texts, rewards_a, rewards_b, chosen_is_a, valid)
+            records = self._spa_records(texts, rewards_a, rewards_b, chosen_is_a, valid)
+            if save_labels:
+                self._save_spa_labels(records)
+            if self.log_completions and self.accelerator.is_main_process:
+                columns = ("step", *self._completion_columns)
+                self._completion_rows.extend({key: record[key] for key in columns} for record in records)
 
         local = slice(self.accelerator.process_index * num_pairs, (self.accelerator.process_index + 1) * num_pairs)
         pick_a = chosen_is_a[local]
@@ -229,19 +236,16 @@ class SPATrainer(PLETrainer):
         for name, value in zip(("implicit_reward_chosen", "implicit_reward_rejected", "margin"), stats.tolist()):
             metrics[f"spa/{name}"].append(value)
 
-    def _save_spa_labels(self, texts, rewards_a, rewards_b, chosen_is_a, valid):
-        """Append the round's SPA labels to the audit log, one record per pair of every process."""
-        if not self.accelerator.is_main_process:
-            return
+    def _spa_records(self, texts, rewards_a, rewards_b, chosen_is_a, valid) -> list[dict]:
+        """One record per pair of every process: `texts` holds `(prompt, first answer, second answer)`."""
         columns = torch.stack([rewards_a, rewards_b, chosen_is_a.float(), valid.float()]).T.tolist()
-        path = os.path.join(self.args.output_dir, AUDIT_LOG_NAME)
-        os.makedirs(self.args.output_dir, exist_ok=True)
         iteration = self.completed_iterations()
-        with open(path, "a") as f:
-            for (prompt, answer_a, answer_b), (r_a, r_b, a_chosen, ok) in zip(texts, columns, strict=True):
-                chosen, rejected = (answer_a, answer_b) if a_chosen else (answer_b, answer_a)
-                r_c, r_r = (r_a, r_b) if a_chosen else (r_b, r_a)
-                record = {
+        records = []
+        for (prompt, answer_a, answer_b), (r_a, r_b, a_chosen, ok) in zip(texts, columns, strict=True):
+            chosen, rejected = (answer_a, answer_b) if a_chosen else (answer_b, answer_a)
+            r_c, r_r = (r_a, r_b) if a_chosen else (r_b, r_a)
+            records.append(
+                {
                     "step": self.state.global_step,
                     "iteration": iteration,
                     "prompt": strip_images_from_messages(prompt),
@@ -253,7 +257,17 @@ class SPATrainer(PLETrainer):
                     "chosen_sample": ("first" if a_chosen else "second") if ok else None,
                     "route": "dpo" if ok else "skipped",
                 }
-                f.write(json.dumps(record) + "\n")
+            )
+        return records
+
+    def _save_spa_labels(self, records):
+        """Append the round's SPA labels to the audit log, one record per pair of every process."""
+        if not self.accelerator.is_main_process:
+            return
+        path = os.path.join(self.args.output_dir, AUDIT_LOG_NAME)
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(path, "a") as f:
+            f.writelines(json.dumps(record) + "\n" for record in records)
 
     # --- loss ---------------------------------------------------------------------------------------------------
 
