@@ -599,3 +599,20 @@ def test_spa_log_completions_writes_its_pairs(tmp_path, tiny_model_path):
     assert list(frame.columns) == ["step", "prompt", "chosen", "rejected", "reward_chosen", "reward_rejected", "route"]
     assert len(frame) == 2 and set(frame["prompt"]) <= set(PROMPTS)
     assert (frame["reward_chosen"] >= frame["reward_rejected"]).all()
+
+
+def test_trl_reference_syncing_contract():
+    # The snapshot is refreshed with TRL's `SyncRefModelCallback.sync_target_model(model, target_model, alpha)`.
+    import inspect
+
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    assert list(inspect.signature(SyncRefModelCallback.sync_target_model).parameters) == [
+        "model",
+        "target_model",
+        "alpha",
+    ]
+    source = torch.nn.Linear(2, 2)
+    target = torch.nn.Linear(2, 2)
+    SyncRefModelCallback.sync_target_model(source, target, 1.0)
+    assert torch.equal(source.weight, target.weight) and torch.equal(source.bias, target.bias)
