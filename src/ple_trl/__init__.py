@@ -7,14 +7,22 @@ __version__ = "0.1.0"
 
 # Public names, imported on first use (PEP 562): `import ple_trl` (and so `ple-trl --help`, `ple-trl plot`) must not
 # pay for torch, transformers and TRL; `from ple_trl import PLEConfig, PLETrainer` imports them then.
-_LAZY_ATTRIBUTES = {"PLEConfig": ".config", "PLETrainer": ".trainer"}
-_LAZY_SUBMODULES = ("labeling", "losses", "principles")
+_LAZY_ATTRIBUTES = {
+    "PLEConfig": ".config",
+    "PLETrainer": ".trainer",
+    "SPAConfig": ".config",
+    "SPATrainer": ".spa_trainer",
+}
+_LAZY_SUBMODULES = ("labeling", "losses", "principles", "spa")
 
-__all__ = ["PLEConfig", "PLETrainer", "labeling", "losses", "principles", "__version__"]
+__all__ = [
+    "PLEConfig", "PLETrainer", "SPAConfig", "SPATrainer", "labeling", "losses", "principles", "spa", "__version__",
+]  # fmt: skip
 
 if TYPE_CHECKING:  # static analysis and IDEs see the real names
-    from . import labeling, losses, principles
-    from .config import PLEConfig
+    from . import labeling, losses, principles, spa
+    from .config import PLEConfig, SPAConfig
+    from .spa_trainer import SPATrainer
     from .trainer import PLETrainer
 
 

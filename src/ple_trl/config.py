@@ -10,6 +10,8 @@ from .losses import RANKING_LOSS_TYPES, REFERENCE_LOSS_TYPES
 from .principles import DEFAULT_TEMPLATE, PLACEMENTS
 
 ITERATION_UNITS = ("epoch", "steps")
+REWARD_SOURCES = ("reward_funcs", "implicit")
+IMPLICIT_REWARD_JUDGES = ("iteration", "policy")
 
 # GRPO knobs that have no meaning in PLE (its advantage, clipping, importance sampling and entropy machinery), each with
 # the reason given to a user who sets one.
@@ -261,6 +263,22 @@ class PLEConfig(GRPOConfig):
             `{output_dir}/enhanced_labels.jsonl`, one record per trained pair: a fresh run starts a fresh file, a
             resumed run drops the records generated after its checkpoint.
 
+    Parameters of the implicit reward (SPA's self-judging reward):
+        reward_source (`str`, *optional*, defaults to `"reward_funcs"`):
+            `"reward_funcs"`: the trainer's reward functions/models (and `reward_model_name_or_path`). `"implicit"`: no
+            reward function at all; the trainer scores each answer with the model's own implicit reward
+            `beta_judge * (log pi_judge(y|x) - log pi_init(y|x))`, computed by the pair forward without gradient.
+            `pi_init` is `ref_model=` of the trainer, else the adapter-disabled model under PEFT, else a frozen copy of
+            the initial policy: with the copy, the first iteration's rewards are all 0 under the `"iteration"` judge.
+        implicit_reward_judge (`str`, *optional*, defaults to `"iteration"`):
+            `pi_judge`: `"iteration"` (the policy as at the start of the current iteration: a copy of the adapter
+            under PEFT, else a frozen copy of the model, refreshed at each iteration boundary and saved in
+            checkpoints) or `"policy"` (the current policy: no copy, cheapest).
+        beta_judge (`float`, *optional*, defaults to `1.0`):
+            Scale of the implicit reward, > 0 (it changes the size of the rewards, not which answer is preferred).
+        implicit_reward_length_normalize (`bool`, *optional*, defaults to `False`):
+            Mean token log-probs instead of sequence sums (SPA uses sums).
+
     Logging: `ple/tau` is logged at the step (the threshold of the logging window's last generation round); the other
     `ple/*` metrics, like GRPO's, are means over the window. `log_completions=True` writes PLE's completions table (one
     row per pair: prompt, both answers, both rewards, route, weight, tau) instead of GRPO's.
@@ -361,6 +379,26 @@ class PLEConfig(GRPOConfig):
         default=False, metadata={"help": "Not used by PLE (no importance sampling)."}
     )
 
+    # Parameters of the implicit reward (SPA's self-judging reward, usable by PLE with no reward model)
+    reward_source: str = field(
+        default="reward_funcs",
+        metadata={
+            "help": "`reward_funcs` (the trainer's reward functions/models) or `implicit`: the model's own implicit "
+            "reward `beta_judge * (log pi_judge(y|x) - log pi_init(y|x))`, with no reward function."
+        },
+    )
+    implicit_reward_judge: str = field(
+        default="iteration",
+        metadata={
+            "help": "`pi_judge` of the implicit reward: `iteration` (the model as at the start of the current "
+            "iteration) or `policy` (the current policy, cheapest)."
+        },
+    )
+    beta_judge: float = field(default=1.0, metadata={"help": "Scale of the implicit reward, > 0."})
+    implicit_reward_length_normalize: bool = field(
+        default=False, metadata={"help": "Implicit reward on mean token log-probs instead of sequence sums."}
+    )
+
     # Names of `DPOConfig`/`SFTConfig`, accepted so that their configs port by name (see `MIGRATED_FIELDS`). They are
     # `InitVar`s, not PLE settings: the parser does not list them and `to_dict()` does not save them.
     max_length: InitVar[object] = None
@@ -391,6 +429,7 @@ class PLEConfig(GRPOConfig):
     def __post_init__(self, *migrated_values):
         self._check_migrated_fields(dict(zip(_initvar_names(type(self)), migrated_values)))
         self._check_ple_fields()
+        self._check_implicit_reward_fields()
         # TRL defaults to bf16, which fails on CPU-only machines and Ascend 910A: pick what the device supports.
         self.bf16, self.fp16 = resolve_mixed_precision(self.bf16, self.fp16, use_cpu=self.use_cpu)
         # GRPOConfig counts completions and checks that a generation batch holds whole groups of `num_generations`
@@ -591,3 +630,143 @@ class PLEConfig(GRPOConfig):
             raise ValueError(f"`max_prompt_length={self.max_prompt_length}` must be >= 1 or None.")
         if self.reward_batch_size is not None and self.reward_batch_size < 1:
             raise ValueError(f"`reward_batch_size={self.reward_batch_size}` must be >= 1 or None.")
+
+    def _check_implicit_reward_fields(self):
+        if self.reward_source not in REWARD_SOURCES:
+            raise ValueError(
+                f"Unknown `reward_source={self.reward_source!r}`; use one of {REWARD_SOURCES} ('implicit' needs no "
+                "reward function)."
+            )
+        if self.implicit_reward_judge not in IMPLICIT_REWARD_JUDGES:
+            raise ValueError(
+                f"Unknown `implicit_reward_judge={self.implicit_reward_judge!r}`; use one of {IMPLICIT_REWARD_JUDGES}."
+            )
+        if isinstance(self.beta_judge, bool) or not isinstance(self.beta_judge, (int, float)):
+            raise ValueError(f"`beta_judge={self.beta_judge!r}` must be a number > 0, e.g. `beta_judge=1.0`.")
+        if not math.isfinite(self.beta_judge) or self.beta_judge <= 0:
+            raise ValueError(
+                f"`beta_judge={self.beta_judge}` must be a finite number > 0 (a negative scale flips every label); "
+                "use e.g. `beta_judge=1.0`."
+            )
+        if self.reward_source == "implicit" and self.reward_model_name_or_path is not None:
+            raise ValueError(
+                f"`reward_model_name_or_path={self.reward_model_name_or_path!r}` is set with "
+                "`reward_source='implicit'`, which uses no reward model. Drop one of them."
+            )
+
+
+# The knobs of PLE that SPA has no use for (it has no principle, no threshold and routing, and its loss is DPO), with
+# why; a non-default value in `SPAConfig` is an error.
+PLE_ONLY_FIELDS = {
+    "principle": "SPA samples two plain answers per prompt, with no principle",
+    "principles": "SPA samples two plain answers per prompt, with no principle",
+    "principle_template": "SPA has no principle",
+    "principle_placement": "SPA has no principle",
+    "tau0": "SPA has no reward-gap threshold (its confidence threshold is `confidence_quantile`)",
+    "alpha": "SPA has no threshold decay (the label smoothing strength is `refinement_alpha`)",
+    "tau_min": "SPA has no reward-gap threshold",
+    "gap_mode": "SPA labels best = chosen, worst = rejected",
+    "reward_transform": "SPA labels by comparing the two implicit rewards, whatever their scale",
+    "routing": "SPA trains every pair with its DPO loss",
+    "ranking_loss_type": "SPA's loss is the self-refined DPO loss",
+    "rank_sft_coef": "SPA's loss is the self-refined DPO loss",
+    "sft_weighting": "SPA has no weighted SFT loss",
+    "sft_temperature": "SPA has no weighted SFT loss",
+    "rank_coef": "SPA's loss is the self-refined DPO loss",
+    "wsft_coef": "SPA has no weighted SFT loss",
+    "reward_source": "SPA always labels with the implicit reward",
+    "reward_batch_size": "SPA uses no reward function",
+}
+
+
+@dataclass
+class SPAConfig(PLEConfig):
+    r"""
+    Configuration class for the [`SPATrainer`], SPA ("Aligning Large Language Models with Self-generated Preference
+    Data", Kim et al., ICLR 2025, arXiv 2406.04412).
+
+    Per prompt the model samples two plain answers; its implicit reward
+    `beta_judge * (log pi_judge(y|x) - log pi_init(y|x))` labels the better one chosen and the other rejected; the pair
+    is trained with DPO against the model of the previous iteration (the reference is refreshed at every iteration
+    boundary: `steps_per_iteration` optimizer steps, or an epoch), with SPA's self-refinement after a warm-up.
+
+    Everything of [`PLEConfig`] about the model, generation, batches (`per_device_train_batch_size` counts pairs, i.e.
+    prompts), iterations (`iteration_unit`, `steps_per_iteration`, `ple_iterations`), the implicit reward
+    (`implicit_reward_judge`, `beta_judge`, `implicit_reward_length_normalize`), `length_normalize` (DPO on mean token
+    log-probs) and `save_enhanced_labels` (SPA's labels) applies. PLE's principle, threshold, routing and loss knobs
+    have no meaning here: a non-default value is an error.
+
+    Parameters that control SPA:
+        beta (`float`, *optional*, defaults to `0.1`):
+            DPO's `beta`, > 0.
+        refinement_alpha (`float`, *optional*, defaults to `0.1`):
+            Label smoothing `a` of the pairs judged unconfident, in `[0, 0.5]`; 0 turns self-refinement off.
+        refinement_warmup_ratio (`float`, *optional*, defaults to `0.2`):
+            Fraction of the run's optimizer steps (`max_steps`, or the count of `num_train_epochs`) trained with plain
+            DPO before self-refinement starts, in `[0, 1]`.
+        confidence_quantile (`float`, *optional*, defaults to `0.1`):
+            `K`: a pair is confident when its margin `beta * h` is above the K-quantile of the last margins, in
+            `[0, 1)`.
+        margin_history_size (`int`, *optional*, defaults to `50`):
+            `N`: how many margins the threshold is computed from.
+        margin_history_per_pair (`bool`, *optional*, defaults to `False`):
+            `False` keeps one margin per training step (the batch mean, as the authors' code); `True` every pair's.
+        decouple_lambda (`float`, *optional*, defaults to `0.0`):
+            De-coupled noise detection: a pair's confidence is judged on the logits `(1 + lambda) * z_theta -
+            lambda * z_ref` (policy extrapolated away from the reference) instead of the policy's, `>= 0`; 0 turns it
+            off. It costs two more forwards per step (full logits, no gradient), text-only models.
+        temperature (`float`, *optional*, defaults to `0.7`):
+            Sampling temperature of the two answers (paper: 0.7).
+    """
+
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (SPA: 0.7)."})
+    beta: float = field(default=0.1, metadata={"help": "DPO's beta (SPA: 0.1)."})
+    ranking_loss_type: str = field(default="dpo", metadata={"help": "Fixed: SPA's loss is DPO."})
+    reward_source: str = field(default="implicit", metadata={"help": "Fixed: SPA labels with the implicit reward."})
+    refinement_alpha: float = field(default=0.1, metadata={"help": "Label smoothing `a` of unconfident pairs."})
+    refinement_warmup_ratio: float = field(
+        default=0.2, metadata={"help": "Fraction of `max_steps` without self-refinement (SPA: 0.2)."}
+    )
+    confidence_quantile: float = field(default=0.1, metadata={"help": "K-quantile of the last margins (SPA: 0.1)."})
+    margin_history_size: int = field(default=50, metadata={"help": "How many margins the threshold uses (SPA: 50)."})
+    margin_history_per_pair: bool = field(
+        default=False, metadata={"help": "Keep every pair's margin instead of one batch mean per step."}
+    )
+    decouple_lambda: float = field(
+        default=0.0, metadata={"help": "De-coupled noise detection's lambda (0: off): confidence on mixed logits."}
+    )
+
+    def __post_init__(self, *migrated_values):
+        defaults = {f.name: f.default for f in dataclasses.fields(PLEConfig)}
+        defaults.update(ranking_loss_type="dpo", reward_source="implicit")
+        for name, reason in PLE_ONLY_FIELDS.items():
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(
+                    f"`{name}={getattr(self, name)!r}` is a PLE setting that SPA does not use: {reason}. Remove it "
+                    f"(default: {defaults[name]!r})."
+                )
+        for name in ("beta", "refinement_alpha", "refinement_warmup_ratio", "confidence_quantile", "decouple_lambda"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"`{name}={value!r}` must be a finite number.")
+        if self.beta <= 0:
+            raise ValueError(f"`beta={self.beta}` must be > 0: it is DPO's beta (SPA uses 0.1).")
+        if not 0 <= self.refinement_alpha <= 0.5:
+            raise ValueError(
+                f"`refinement_alpha={self.refinement_alpha}` must lie in [0, 0.5] (above 0.5 the smoothing flips the "
+                "labels); SPA uses 0.1, 0 turns self-refinement off."
+            )
+        if not 0 <= self.refinement_warmup_ratio <= 1:
+            raise ValueError(
+                f"`refinement_warmup_ratio={self.refinement_warmup_ratio}` must lie in [0, 1]; SPA uses 0.2."
+            )
+        if self.decouple_lambda < 0:
+            raise ValueError(
+                f"`decouple_lambda={self.decouple_lambda}` must be >= 0; 0 turns de-coupled noise detection off."
+            )
+        if not 0 <= self.confidence_quantile < 1:
+            raise ValueError(f"`confidence_quantile={self.confidence_quantile}` must lie in [0, 1); SPA uses 0.1.")
+        size = self.margin_history_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"`margin_history_size={size!r}` must be an integer >= 1; SPA keeps the last 50 margins.")
+        super().__post_init__(*migrated_values)

@@ -16,6 +16,7 @@ from accelerate.utils import gather_object, is_peft_model
 from datasets import IterableDataset
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -24,6 +25,7 @@ from trl import GRPOTrainer
 from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import (
     RepeatSampler,
     add_fused_lm_head,
@@ -36,8 +38,8 @@ from trl.trainer.utils import (
     use_adapter,
 )
 
-from . import labeling, losses
-from .config import PLEConfig
+from . import labeling, losses, spa
+from .config import PLEConfig, SPAConfig
 from .data import check_generation_round, prepare_prompt_dataset, prompt_is_empty
 from .device import apply_model_init_overrides
 from .principles import truncate_pair, wrap
@@ -51,6 +53,9 @@ AUDIT_LOG_NAME = "enhanced_labels.jsonl"
 PLE_STATE_NAME = "ple_state.json"
 # transformers writes trainer_state.json last when it saves a checkpoint: a checkpoint folder without it is incomplete.
 TRAINER_STATE_NAME = "trainer_state.json"
+# The weights of the policy as at the start of the current iteration (SPA's reference, the implicit reward's judge):
+# the policy has moved on since, so they are saved with every checkpoint and restored on resume.
+SNAPSHOT_NAME = "iteration_snapshot.safetensors"
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # How a full disk shows up when the error is not a plain `OSError` (safetensors and torch.save wrap it).
 _DISK_FULL_MARKERS = ("no space left on device", "storagefull", "disk quota exceeded", "os error 28", "os error 122")
@@ -185,6 +190,15 @@ def _checked_reward_function(reward_func, name: str):
     return checked
 
 
+def _implicit_reward_placeholder(*args, **kwargs):
+    # Stands for the implicit reward in GRPO's list of reward sources (which must not be empty) and names its column;
+    # the trainer computes the implicit reward itself, from the model, which reward functions never see.
+    raise RuntimeError("The implicit reward is computed by the trainer, not called as a reward function.")
+
+
+_implicit_reward_placeholder.__name__ = _implicit_reward_placeholder.__qualname__ = "implicit_reward"
+
+
 class PLETrainer(GRPOTrainer):
     """
     Trainer for Progressively Label Enhancement (PLE), from [Progressively Label Enhancement for Large Language Model
@@ -224,7 +238,9 @@ class PLETrainer(GRPOTrainer):
             The policy, as for [`~trl.GRPOTrainer`]: a path or hub id, or a causal language model.
         reward_funcs (`RewardFunc` or `list[RewardFunc]`, *optional*):
             Reward functions and/or reward models, as for [`~trl.GRPOTrainer`]; summed with `args.reward_weights`.
-            `args.reward_model_name_or_path` adds a reward model. At least one reward is required.
+            `args.reward_model_name_or_path` adds a reward model. At least one reward is required, unless
+            `args.reward_source="implicit"`: then none may be given, and the model's own implicit reward scores the
+            answers (logged as the reward `implicit_reward`; see [`PLEConfig`]).
         args ([`PLEConfig`], *optional*):
             Configuration. `per_device_train_batch_size` counts pairs (prompts).
         train_dataset ([`~datasets.Dataset`], [`~datasets.IterableDataset`] or `list[dict]`):
@@ -247,14 +263,20 @@ class PLETrainer(GRPOTrainer):
         peft_config ([`~peft.PeftConfig`], *optional*):
             Trains an adapter; the adapter-disabled model is then the reference when `beta > 0`.
         ref_model (`str` or [`~transformers.PreTrainedModel`], *optional*):
-            Reference model for the `"dpo"`/`"ipo"` ranking losses (`beta > 0`), as for [`~trl.DPOTrainer`]. Default:
-            the adapter-disabled model under PEFT, else a frozen copy of the initial policy.
+            Reference model for the `"dpo"`/`"ipo"` ranking losses (`beta > 0`), as for [`~trl.DPOTrainer`], and
+            `pi_init` of the implicit reward (`reward_source="implicit"`). Default: the adapter-disabled model under
+            PEFT, else a frozen copy of the initial policy.
         quantization_config ([`~transformers.BitsAndBytesConfig`], *optional*):
             Quantization of a model loaded from a path (QLoRA with `peft_config`).
     """
 
     _tag_names = ["trl", "ple"]
     _name = "PLE"
+    # PLE builds a principle-guided prompt beside each plain one; SPA samples two plain answers.
+    _uses_principles = True
+    # The columns printed first in the completions table.
+    _completion_columns = ("prompt", "principle", "plain", "principled", "reward_plain", "reward_principled", "route",
+                           "weight_principled", "tau")  # fmt: skip
     _paper = {
         "title": "Progressively Label Enhancement for Large Language Model Alignment",
         "id": "2408.02599",
@@ -306,15 +328,26 @@ class PLETrainer(GRPOTrainer):
                 reward_processing_classes = [reward_processing_classes]
             if reward_processing_classes is not None:
                 reward_processing_classes = [*reward_processing_classes, None]
+        implicit = args.reward_source == "implicit"
+        if implicit and reward_funcs:
+            raise ValueError(
+                f"`reward_source='implicit'` labels the pairs with the model's own implicit reward, but "
+                f"{len(reward_funcs)} reward function(s)/model(s) were passed too. Drop `reward_funcs`, or set "
+                "`reward_source='reward_funcs'` to use them."
+            )
+        if implicit:
+            # GRPO wants one reward source; this one only names the reward column, `_score` is never called with it.
+            reward_funcs = [_implicit_reward_placeholder]
         if not reward_funcs:
             raise ValueError(
                 "PLE needs a reward to compare the plain and principled answers, and none was given. Pass "
-                "`reward_funcs=` (reward functions, reward models or their paths) or set "
-                "`PLEConfig(reward_model_name_or_path=...)`."
+                "`reward_funcs=` (reward functions, reward models or their paths), set "
+                "`PLEConfig(reward_model_name_or_path=...)`, or use the model's own implicit reward with "
+                "`PLEConfig(reward_source='implicit')`."
             )
         if train_dataset is None:
             raise ValueError("`train_dataset` is required: PLE generates answers for its prompts.")
-        principle_configured = args.principle is not None or args.principles is not None
+        principle_configured = not self._uses_principles or args.principle is not None or args.principles is not None
         train_dataset = prepare_prompt_dataset(train_dataset, "train_dataset", principle_configured)
         eval_dataset = self._prepare_eval_dataset(eval_dataset, principle_configured)
         first_row = next(iter(train_dataset))
@@ -341,19 +374,25 @@ class PLETrainer(GRPOTrainer):
                     "so the policy would be too. Leave `ref_model=None` (PLE then makes a frozen copy of the initial "
                     "policy, or uses the adapter-disabled model under PEFT), or pass a copy (`copy.deepcopy(model)`)."
                 )
-        if ref_model is not None and args.beta == 0:
+        if ref_model is not None and args.beta == 0 and not implicit:
             raise ValueError(
                 "A `ref_model` was passed but `beta=0`, so it would never be used. Set `beta > 0` with "
                 "`ranking_loss_type='dpo'` or `'ipo'`, or drop `ref_model`."
             )
         if (
-            args.beta > 0
+            (args.beta > 0 or implicit)
             and ref_model is None
             and peft_config is None
             and (isinstance(model, str) or not is_peft_model(model))
         ):
             # The reference is the initial policy: reload it from its path, or copy it before training touches it.
             ref_model = model if isinstance(model, str) else copy.deepcopy(model)
+        # The snapshot of the policy at the start of each iteration (SPA's reference and `pi_judge`), taken here for
+        # full models, before GRPO patches the policy's forward (a deep copy would share the patched closure).
+        snapshot = None
+        if self._uses_iteration_snapshot(args) and (isinstance(model, str) or not is_peft_model(model)):
+            if peft_config is None:
+                snapshot = model if isinstance(model, str) else copy.deepcopy(model)
 
         # Every multi-process run loads one full copy per process (TRL forces this only for multi-GPU and DeepSpeed).
         args.model_init_kwargs = apply_model_init_overrides(args.model_init_kwargs, args.distributed_state)
@@ -385,6 +424,11 @@ class PLETrainer(GRPOTrainer):
         # are on the model's own probabilities and need no entropy, so the head is re-patched to log-probs only.
         add_fused_lm_head(unwrapped, temperature=1.0, cast_lm_head_to_fp32=args.cast_lm_head_to_fp32)
         self.ref_model = self._prepare_reference(ref_model, args)
+        self._snapshot_model = None if snapshot is None else self._prepare_frozen_model(snapshot, args)
+        self._snapshot_adapter = None
+        if self._uses_iteration_snapshot(args) and snapshot is None:
+            self._snapshot_adapter = self._add_snapshot_adapter()
+        self._snapshot_iteration = 0
 
         conversational = is_conversational({"prompt": first_row["prompt"]})
         for i, (reward_func, reward_tokenizer) in enumerate(zip(self.reward_funcs, self.reward_processing_classes)):
@@ -437,8 +481,12 @@ class PLETrainer(GRPOTrainer):
                 raise ValueError(PLAIN_TEXT_IMAGES_ERROR)
 
     def _prepare_reference(self, ref_model, args):
-        if self.beta == 0 or ref_model is None:
+        if (self.beta == 0 and args.reward_source != "implicit") or ref_model is None:
             return None  # no reference, or the adapter-disabled policy under PEFT
+        return self._prepare_frozen_model(ref_model, args)
+
+    def _prepare_frozen_model(self, ref_model, args):
+        """A frozen, evaluation-mode model (from a path or a module), prepared like the policy for its backend."""
         if isinstance(ref_model, str):
             init_kwargs = dict(args.model_init_kwargs or {})
             init_kwargs.setdefault("dtype", self.model.dtype)
@@ -579,10 +627,27 @@ class PLETrainer(GRPOTrainer):
             model_prompts + principled_prompts
         )
 
+        prompt_ids, prompt_mask = self._pad_ids(prompt_ids_list[:num_pairs], padding_side="left")
+        completion_ids, completion_mask = self._pad_ids(completion_ids_list, padding_side="right")
+        # (2 * pairs, length) -> (pairs, 2, length): a pair's answers travel together through shuffling and splitting.
+        output = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids.view(2, num_pairs, -1).transpose(0, 1),
+            "completion_mask": completion_mask.view(2, num_pairs, -1).transpose(0, 1),
+        }
+        if images is not None:
+            output.update(self._multimodal_forward_kwargs(model_prompts, images))
         # Both answers are scored against the plain prompt: the reward never sees the principle.
-        rewards, rewards_per_func = self._score(
-            inputs + inputs, model_prompts + model_prompts, completions, completion_ids_list
-        )
+        if self.args.reward_source == "implicit":
+            if mode == "train":
+                self._maybe_refresh_snapshot()
+            rewards = self._gather_pair_rewards(self._implicit_rewards(output))
+            rewards_per_func = rewards.unsqueeze(1)
+        else:
+            rewards, rewards_per_func = self._score(
+                inputs + inputs, model_prompts + model_prompts, completions, completion_ids_list
+            )
         extra_columns = self._log_rewards(mode, rewards, rewards_per_func, num_pairs)
         rewards = rewards.view(self.accelerator.num_processes, 2, num_pairs)
         reward_plain, reward_principled = rewards[:, 0].flatten(), rewards[:, 1].flatten()
@@ -615,18 +680,7 @@ class PLETrainer(GRPOTrainer):
                 self._add_completion_rows(texts, pair_rewards, rewards_per_func, labels, tau, extra_columns)
 
         local = slice(self.accelerator.process_index * num_pairs, (self.accelerator.process_index + 1) * num_pairs)
-        prompt_ids, prompt_mask = self._pad_ids(prompt_ids_list[:num_pairs], padding_side="left")
-        completion_ids, completion_mask = self._pad_ids(completion_ids_list, padding_side="right")
-        # (2 * pairs, length) -> (pairs, 2, length): a pair's answers travel together through shuffling and splitting.
-        output = {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids.view(2, num_pairs, -1).transpose(0, 1),
-            "completion_mask": completion_mask.view(2, num_pairs, -1).transpose(0, 1),
-            **labels.select(local)._asdict(),
-        }
-        if images is not None:
-            output.update(self._multimodal_forward_kwargs(model_prompts, images))
+        output.update(labels.select(local)._asdict())
         if self.beta > 0:
             with torch.no_grad():
                 output["ref_logps"] = self._reference_logps(output)
@@ -818,16 +872,129 @@ class PLETrainer(GRPOTrainer):
         return kwargs
 
     def _reference_logps(self, inputs):
-        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            if self.ref_model is not None:
-                sums, means, _ = self._pair_logps(self.ref_model, inputs)
-            else:
-                with use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=None):
-                    sums, means, _ = self._pair_logps(self.model, inputs)
+        sums, means = self._frozen_pair_logps("init", inputs)
         ranked_on = losses.ranking_logps(
             losses.PairLogps(sums, means), self.args.ranking_loss_type, self.args.length_normalize
         )
         return ranked_on.transpose(0, 1)  # (pairs, 2): a pair's two values travel together, like its answers
+
+    # --- implicit reward and the iteration snapshot -----------------------------------------------------------------
+
+    @staticmethod
+    def _uses_iteration_snapshot(args) -> bool:
+        # PLE keeps the policy as at the start of the iteration only to judge with it; SPA always (its reference).
+        return args.reward_source == "implicit" and args.implicit_reward_judge == "iteration"
+
+    def _add_snapshot_adapter(self):
+        # Under PEFT the snapshot is a copy of the adapter, not of the model: a second adapter named "ref", as GRPO's
+        # reference adapter of a PEFT policy, frozen.
+        model = self.accelerator.unwrap_model(self.model)
+        if not is_peft_model(model):
+            raise ValueError("The iteration snapshot needs a PEFT policy or a full model to copy.")
+        if "ref" not in model.peft_config:
+            model.add_adapter("ref", model.peft_config["default"])
+        self._copy_adapter(model, "default", "ref")
+        return "ref"
+
+    @staticmethod
+    def _copy_adapter(model, source, target):
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if f".{source}." in name:
+                    target_param = model.get_parameter(name.replace(f".{source}.", f".{target}."))
+                    target_param.data.copy_(param.data)
+                    target_param.requires_grad_(False)
+
+    def _snapshot_parameters(self) -> dict:
+        """The snapshot's parameters by name (those of the "ref" adapter under PEFT); empty when there is none."""
+        if self._snapshot_model is not None:
+            return dict(self.accelerator.unwrap_model(self._snapshot_model).named_parameters())
+        if self._snapshot_adapter is not None:
+            model = self.accelerator.unwrap_model(self.model)
+            return {n: p for n, p in model.named_parameters() if f".{self._snapshot_adapter}." in n}
+        return {}
+
+    def _maybe_refresh_snapshot(self):
+        """At the first generation round of a new iteration, copy the policy into the snapshot. The iteration is
+        derived from `state.global_step` (like tau), so a resumed run refreshes where the uninterrupted run did."""
+        if self._snapshot_model is None and self._snapshot_adapter is None:
+            return
+        iteration = self.completed_iterations()
+        if iteration == self._snapshot_iteration:
+            return
+        self._copy_policy_into_snapshot()
+        self._snapshot_iteration = iteration
+
+    def _copy_policy_into_snapshot(self):
+        policy = self.accelerator.unwrap_model(self.model)
+        if self._snapshot_model is not None:
+            # TRL's reference syncing (what `sync_ref_model` runs, ZeRO-3 included), as a full copy: alpha = 1.
+            SyncRefModelCallback.sync_target_model(policy, self.accelerator.unwrap_model(self._snapshot_model), 1.0)
+        else:
+            self._copy_adapter(policy, "default", self._snapshot_adapter)
+
+    def _frozen_pair_logps(self, which, inputs):
+        """`(sums, means)` of the log-probs of both answers of every pair, `(2, pairs)` each, without gradient, under
+        `which`: `"init"` (`pi_init`: the reference model, or the adapter-disabled policy under PEFT), `"snapshot"`
+        (the policy as at the start of the iteration) or `"policy"` (the current policy)."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if which == "init" and self.ref_model is not None:
+                sums, means, _ = self._pair_logps(self.ref_model, inputs)
+            elif which == "init":
+                with use_adapter(unwrapped, adapter_name=None):
+                    sums, means, _ = self._pair_logps(self.model, inputs)
+            elif which == "snapshot" and self._snapshot_model is not None:
+                sums, means, _ = self._pair_logps(self._snapshot_model, inputs)
+            elif which == "snapshot":
+                with use_adapter(unwrapped, adapter_name=self._snapshot_adapter):
+                    sums, means, _ = self._pair_logps(self.model, inputs)
+            else:
+                sums, means, _ = self._pair_logps(self.model, inputs)
+        return sums, means
+
+    def _implicit_rewards(self, inputs, judge_logps=None):
+        """The implicit rewards `beta_judge * (log pi_judge(y|x) - log pi_init(y|x))` of this process's answers,
+        `(2, pairs)`, detached. `judge_logps` (`(sums, means)`) skips the judge's forward when the caller has it."""
+        if judge_logps is None:
+            judge = "snapshot" if self.args.implicit_reward_judge == "iteration" else "policy"
+            judge_logps = self._frozen_pair_logps(judge, inputs)
+        init_logps = self._frozen_pair_logps("init", inputs)
+        index = 1 if self.args.implicit_reward_length_normalize else 0
+        return spa.implicit_reward(judge_logps[index], init_logps[index], self.args.beta_judge)
+
+    def _gather_pair_rewards(self, local):
+        """`(2, pairs)` rewards of this process -> `(num_processes * 2 * pairs,)`, in the order `_score` returns."""
+        return self.accelerator.gather(local.reshape(-1))
+
+    def _extra_state(self) -> dict:
+        """Resumable state saved with the principle draws; subclasses add theirs."""
+        return {"snapshot_iteration": self._snapshot_iteration}
+
+    def _load_extra_state(self, state: dict, checkpoint: str):
+        parameters = self._snapshot_parameters()
+        if not parameters:
+            return
+        path = os.path.join(checkpoint, SNAPSHOT_NAME)
+        if "snapshot_iteration" not in state or not os.path.isfile(path):
+            logger.warning(
+                f"{checkpoint} has no saved iteration snapshot ({SNAPSHOT_NAME}): the snapshot is the resumed policy "
+                "from here on, until the next iteration boundary refreshes it."
+            )
+            self._copy_policy_into_snapshot()
+            self._snapshot_iteration = self.completed_iterations()
+            return
+        self._snapshot_iteration = int(state["snapshot_iteration"])
+        saved = load_file(path)
+        with torch.no_grad():
+            for name, param in parameters.items():
+                param.data.copy_(saved[name].to(device=param.device, dtype=param.dtype))
+
+    def _save_snapshot(self, checkpoint):
+        parameters = self._snapshot_parameters()
+        if parameters:
+            tensors = {name: param.detach().cpu().contiguous() for name, param in parameters.items()}
+            save_file(tensors, os.path.join(checkpoint, SNAPSHOT_NAME))
 
     def _log_round(self, mode, tau, reward_plain, reward_principled, labels):
         metrics = self._metrics[mode]
@@ -952,7 +1119,7 @@ class PLETrainer(GRPOTrainer):
         step = self.state.global_step
         shown = rows if self.num_completions_to_print is None else rows[: self.num_completions_to_print]
         if is_rich_available() and shown:
-            self._print_completions(shown, step)
+            self._print_completions(shown, step, self._completion_columns)
         frame = pd.DataFrame(rows)
         folder = os.path.join(self.args.output_dir, "completions")
         os.makedirs(folder, exist_ok=True)
@@ -975,14 +1142,12 @@ class PLETrainer(GRPOTrainer):
             backend.log({"completions": backend.Table(dataframe=frame)})
 
     @staticmethod
-    def _print_completions(rows, step):
+    def _print_completions(rows, step, fixed):
         from rich.console import Console
         from rich.panel import Panel
         from rich.table import Table
 
         table = Table(show_header=True, header_style="bold white", expand=True)
-        fixed = ("prompt", "principle", "plain", "principled", "reward_plain", "reward_principled", "route",
-                 "weight_principled", "tau")  # fmt: skip
         extra = [key for key in rows[0] if key not in fixed and key != "step"]
         for column in (*fixed, *extra):
             numeric = column.startswith(("reward", "weight")) or column == "tau"
@@ -1128,7 +1293,8 @@ class PLETrainer(GRPOTrainer):
                 os.makedirs(checkpoint, exist_ok=True)
                 version, internal, gauss_next = self._principle_rng.getstate()
                 with open(os.path.join(checkpoint, PLE_STATE_NAME), "w") as f:
-                    json.dump({"principle_rng_state": [version, list(internal), gauss_next]}, f)
+                    json.dump({"principle_rng_state": [version, list(internal), gauss_next], **self._extra_state()}, f)
+                self._save_snapshot(checkpoint)
             super()._save_checkpoint(model, trial)
         except Exception as error:
             if _is_disk_full(error):
@@ -1201,15 +1367,18 @@ class PLETrainer(GRPOTrainer):
         if checkpoint is None:
             return
         path = os.path.join(checkpoint, PLE_STATE_NAME)
+        state = {}
         if os.path.isfile(path):
             with open(path) as f:
-                version, internal, gauss_next = json.load(f)["principle_rng_state"]
+                state = json.load(f)
+            version, internal, gauss_next = state["principle_rng_state"]
             self._principle_rng.setstate((version, tuple(internal), gauss_next))
         elif self.args.principles is not None:
             logger.warning(
                 f"{checkpoint} has no {PLE_STATE_NAME} (saved by an older ple-trl): the principle draws restart from "
                 "`seed` instead of continuing where the run stopped."
             )
+        self._load_extra_state(state, checkpoint)
 
     # --- loss ---------------------------------------------------------------------------------------------------
 

@@ -61,6 +61,30 @@ class PLEScriptArguments(RewardArguments, DataArguments, ScriptArguments):
             Maximum tokenised length of an SFT example.
         sft_output_dir (`str` or `None`, *optional*, defaults to `None`):
             Where the SFT model is saved; defaults to `{output_dir}/sft`.
+
+    Parameters that choose the method (and SPA's seed stage):
+        method (`str`, *optional*, defaults to `"ple"`):
+            `"ple"` ([`PLETrainer`], the training arguments are a [`PLEConfig`]) or `"spa"` ([`SPATrainer`], the
+            training arguments are an [`SPAConfig`]; no reward: SPA labels its answers with its implicit reward).
+        seed_dataset_name (`str` or `None`, *optional*, defaults to `None`):
+            SPA only: preference data (`prompt`/`chosen`/`rejected`) of the seed stage, TRL's `DPOTrainer` run before
+            SPA (Hub id, saved folder or data file). SPA's `pi_init` is then the model the seed stage started from.
+        seed_dataset_config (`str` or `None`, *optional*, defaults to `None`):
+            Configuration name of the seed dataset.
+        seed_dataset_data_files (`list[str]` or `None`, *optional*, defaults to `None`):
+            Local data files of the seed dataset.
+        seed_dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split of the seed dataset.
+        seed_steps (`int` or `None`, *optional*, defaults to `None`):
+            Optimizer steps of the seed stage; `None` trains one epoch, `0` switches the stage off.
+        seed_learning_rate (`float`, *optional*, defaults to `5e-6`):
+            Learning rate of the seed stage.
+        seed_beta (`float`, *optional*, defaults to `0.1`):
+            DPO's `beta` in the seed stage.
+        seed_max_length (`int`, *optional*, defaults to `512`):
+            Maximum tokenised length of a seed example (prompt and answer).
+        seed_output_dir (`str` or `None`, *optional*, defaults to `None`):
+            Where the seed model is saved; defaults to `{output_dir}/seed`.
     """
 
     # Parameters that control the dataset
@@ -87,8 +111,38 @@ class PLEScriptArguments(RewardArguments, DataArguments, ScriptArguments):
         default=None, metadata={"help": "Where the SFT model is saved (default: `{output_dir}/sft`)."}
     )
 
+    # Parameters that choose the method (and SPA's seed stage)
+    method: str = field(default="ple", metadata={"help": "`ple` or `spa`.", "choices": ["ple", "spa"]})
+    seed_dataset_name: str | None = field(
+        default=None, metadata={"help": "SPA: preference data of the seed DPO stage (Hub id, folder or data file)."}
+    )
+    seed_dataset_config: str | None = field(default=None, metadata={"help": "Configuration of the seed dataset."})
+    seed_dataset_data_files: list[str] | None = field(
+        default=None, metadata={"help": "Local data files of the seed dataset."}
+    )
+    seed_dataset_train_split: str = field(default="train", metadata={"help": "Split of the seed dataset."})
+    seed_steps: int | None = field(
+        default=None, metadata={"help": "Optimizer steps of the seed stage (None: one epoch; 0: no seed stage)."}
+    )
+    seed_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the seed stage."})
+    seed_beta: float = field(default=0.1, metadata={"help": "DPO's beta in the seed stage."})
+    seed_max_length: int = field(default=512, metadata={"help": "Maximum tokenised length of a seed example."})
+    seed_output_dir: str | None = field(
+        default=None, metadata={"help": "Where the seed model is saved (default: `{output_dir}/seed`)."}
+    )
+
     def __post_init__(self):
         super().__post_init__()
+        if self.method not in ("ple", "spa"):
+            raise ValueError(f"`--method {self.method}`: use `ple` or `spa`.")
+        has_seed = self.seed_dataset_name is not None or bool(self.seed_dataset_data_files)
+        if has_seed and self.method != "spa":
+            raise ValueError(
+                "`--seed_dataset_name`/`--seed_dataset_data_files` set the seed DPO stage of SPA: add `--method spa`, "
+                "or drop them."
+            )
+        if self.seed_steps is not None and self.seed_steps < 0:
+            raise ValueError(f"`--seed_steps {self.seed_steps}` must be >= 0 (0 switches the seed stage off).")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"`--max_train_samples {self.max_train_samples}` must be >= 1 (or left unset).")
         if self.sft_steps is not None and self.sft_steps < 0:
@@ -106,6 +160,11 @@ class PLEScriptArguments(RewardArguments, DataArguments, ScriptArguments):
     @property
     def has_sft_stage(self) -> bool:
         return self.has_sft_dataset and self.sft_steps != 0
+
+    @property
+    def has_seed_stage(self) -> bool:
+        has_seed = self.seed_dataset_name is not None or bool(self.seed_dataset_data_files)
+        return self.method == "spa" and has_seed and self.seed_steps != 0
 
 
 # --- rewards ---------------------------------------------------------------------------------------------------------
@@ -228,6 +287,8 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
         model_init_kwargs.update(training_args.model_init_kwargs)
     training_args.model_init_kwargs = model_init_kwargs
 
+    if script_args.method == "spa":
+        return main_spa(script_args, training_args, model_args)
     reward_funcs = resolve_reward_funcs(script_args.reward_funcs, training_args.max_completion_length)
     if script_args.reward_classifier_name_or_path is not None:
         reward_funcs.append(
@@ -277,7 +338,115 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
     return trainer
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+def run_seed_stage(script_args: PLEScriptArguments, training_args, model_args, model: str) -> str:
+    """SPA's seed stage: TRL's `DPOTrainer` on the seed preference set (see [`~ple_trl.spa_trainer.run_seed_dpo`])."""
+    from trl import get_peft_config
+
+    from ..data import load_split
+    from ..spa_trainer import run_seed_dpo
+
+    dataset = load_split(
+        script_args.seed_dataset_name,
+        script_args.seed_dataset_train_split,
+        config=script_args.seed_dataset_config,
+        data_files=script_args.seed_dataset_data_files,
+        argument="seed_dataset_name",
+    )
+    return run_seed_dpo(
+        model,
+        dataset,
+        script_args.seed_output_dir or os.path.join(training_args.output_dir, "seed"),
+        peft_config=get_peft_config(model_args),
+        max_steps=script_args.seed_steps or -1,
+        num_train_epochs=1,
+        learning_rate=script_args.seed_learning_rate,
+        beta=script_args.seed_beta,
+        max_length=script_args.seed_max_length,
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        gradient_checkpointing=training_args.gradient_checkpointing,
+        bf16=training_args.bf16,
+        fp16=training_args.fp16,
+        use_cpu=training_args.use_cpu,
+        seed=training_args.seed,
+        logging_steps=training_args.logging_steps,
+        report_to=training_args.report_to,
+        model_init_kwargs=training_args.model_init_kwargs,
+    )
+
+
+def main_spa(script_args: PLEScriptArguments, training_args, model_args):
+    """
+    `--method spa`: optional SFT stage, optional seed DPO stage, then [`SPATrainer`] on the prompts, then save.
+    `pi_init` is the model the seed stage started from (the SFT model, or `model_name_or_path`).
+    """
+    from trl import get_peft_config, get_quantization_config
+
+    from ..data import load_split, map_to_prompts
+    from ..spa_trainer import SPATrainer
+
+    if script_args.reward_funcs or script_args.reward_classifier_name_or_path is not None:
+        raise ValueError(
+            "`--method spa` labels its answers with the model's implicit reward and takes no reward: drop "
+            "`--reward_funcs`/`--reward_classifier_name_or_path`, or use `--method ple` (or PLE with "
+            "`--reward_source implicit`)."
+        )
+
+    def load(split, max_samples=None):
+        dataset = load_split(
+            script_args.dataset_name,
+            split,
+            config=script_args.dataset_config,
+            data_files=script_args.dataset_data_files,
+            streaming=script_args.dataset_streaming,
+        )
+        return map_to_prompts(dataset, script_args, max_samples)
+
+    train_dataset = load(script_args.dataset_train_split, script_args.max_train_samples)
+    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
+    model = model_args.model_name_or_path
+    if script_args.has_sft_stage:
+        model = run_sft_stage(script_args, training_args, model_args)
+    ref_model = None
+    if script_args.has_seed_stage:
+        ref_model, model = model, run_seed_stage(script_args, training_args, model_args, model)
+    trainer = SPATrainer(
+        model=model,
+        ref_model=ref_model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.accelerator.print("Training completed.")
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    if hasattr(trainer, "end"):
+        trainer.end()
+    return trainer
+
+
+def _method_of(argv: list[str]) -> str:
+    """`--method` from the command line, else from the recipe (`method:`), else `ple`: it chooses the config class."""
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    if "--config" in argv:
+        import yaml
+
+        with open(argv[argv.index("--config") + 1]) as f:
+            recipe = yaml.safe_load(f) or {}
+        return str(recipe.get("method", "ple"))
+    return "ple"
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None, method: str = "ple"):
     """
     The script's [`~trl.TrlParser`] over ([`PLEScriptArguments`], [`PLEConfig`], [`~trl.ModelConfig`]).
 
@@ -293,9 +462,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     """
     from trl import ModelConfig, TrlParser
 
-    from ..config import PLEConfig
+    from ..config import PLEConfig, SPAConfig
 
-    dataclass_types = (PLEScriptArguments, PLEConfig, ModelConfig)
+    dataclass_types = (PLEScriptArguments, SPAConfig if method == "spa" else PLEConfig, ModelConfig)
     if subparsers is not None:
         return subparsers.add_parser(
             "train", help="Run PLE training (TRL-style script)", dataclass_types=dataclass_types
@@ -318,12 +487,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None):
     from .launch import resolve_recipe
 
     argv = config_argv(resolve_recipe(sys.argv[1:] if argv is None else argv))
-    return make_parser(prog=prog).parse_args_and_config(argv)
+    return make_parser(prog=prog, method=_method_of(argv)).parse_args_and_config(argv)
 
 
 def _parse_with_launch_options(argv: list[str], prog: str | None):
     """Parse `argv` (after [`config_argv`]) and return the three dataclasses and what the parser did not take."""
-    *dataclasses, recipe_remaining, remaining = make_parser(prog=prog).parse_args_and_config(
+    *dataclasses, recipe_remaining, remaining = make_parser(prog=prog, method=_method_of(argv)).parse_args_and_config(
         argv, return_remaining_strings=True, separate_remaining_strings=True
     )
     if recipe_remaining:
