@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from ple_trl import PLEConfig, PLETrainer, SPAConfig, SPATrainer, spa
+from ple_trl.scripts.launch import recipe_path
 from ple_trl.trainer import AUDIT_LOG_NAME, PLE_STATE_NAME, SNAPSHOT_NAME
 
 from conftest import build_tiny_causal_lm
@@ -465,7 +466,7 @@ def test_spa_trainer_needs_spa_config(tmp_path, tiny_model_path):
 
 # --- recipe and `ple-trl train --method spa` ------------------------------------------------------------------------
 
-RECIPE = os.path.join(os.path.dirname(__file__), "..", "examples", "recipes", "spa.yaml")
+RECIPE = recipe_path("spa")  # shipped in the package, like the PLE recipes
 SEED_ROWS = [
     {"prompt": f"tell me about your {thing} :", "chosen": f" it was good and {word} .", "rejected": " bad ."}
     for thing, word in [("day", "warm"), ("city", "nice"), ("food", "great"), ("friend", "kind")]
