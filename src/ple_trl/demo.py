@@ -6,6 +6,7 @@ Usage:
 ple-trl demo                                   # SmolLM2-135M-Instruct, 16 steps, seed 0, output in ./ple-demo
 ple-trl demo --steps 60 --seed 1 --output_dir runs/demo-seed1  # --output-dir (old spelling) works too
 ple-trl demo --model path/or/hub-id            # any causal LM with a chat template
+ple-trl demo --method spa                      # a seed DPO stage, then SPA (no reward in training)
 python -m ple_trl.demo --help
 ```
 
@@ -20,6 +21,10 @@ What it does ([`run_demo`], one function per step; the arguments and their defau
    penalty. The reward scores both answers against the plain prompt.
 4. Measures again, writes the run's files ([`report`]) and prints a before/after table. The plain-prompt reward rising
    towards the principle-guided one is PLE distilling the principle into the model's unguided behaviour.
+
+With `--method spa`, step 3 is [`seed_stage`] (TRL's `DPOTrainer` on a shipped seed preference set, LoRA merged; the
+seed model is measured too) then [`SPATrainer`] on the training prompts, whose reference `pi_init` is the model before
+the seed stage; the rewards only measure. No figure is drawn (it shows PLE's curves).
 
 It writes to `--output_dir`: `demo_results.json` (the table's numbers, settings, timings, example answers),
 `trainer_state.json`, `enhanced_labels.jsonl` (the audit log: one line per trained pair), `ple_curves.png` and the LoRA
@@ -38,6 +43,9 @@ DEMO_PRINCIPLE = (
     "Answer in a warm, positive and clean way: be kind and encouraging, and never use rude or offensive words."
 )
 DEMO_PROMPTS_PATH = Path(__file__).parent / "data" / "demo_prompts.jsonl"
+# `--method spa`: the seed preference set (warm answer chosen, curt one rejected), written for this project.
+SPA_SEED_PATH = Path(__file__).parent / "data" / "spa_seed.jsonl"
+METHODS = ("ple", "spa")
 SPLITS = ("train", "heldout")
 # A VADER compound score above this counts as a positive answer (VADER's own convention).
 POSITIVE_THRESHOLD = 0.05
@@ -96,6 +104,17 @@ class DemoArguments:
             Write `ple_curves.png`.
         quiet (`bool`, *optional*, defaults to `False`):
             No progress bar or progress messages.
+        method (`str`, *optional*, defaults to `"ple"`):
+            `"ple"`, or `"spa"`: a seed DPO stage ([`seed_stage`]) on the shipped seed preference set
+            ([`load_spa_seed`]), then [`SPATrainer`] on the training prompts with no reward (the demo's rewards only
+            measure).
+            `config_overrides` then holds [`SPAConfig`] fields.
+        seed_steps (`int`, *optional*, defaults to `9`):
+            `method="spa"`: optimizer steps of the seed stage (9 steps of 4 pairs: one pass over the 36 seed pairs).
+        seed_batch_size (`int`, *optional*, defaults to `4`):
+            `method="spa"`: seed pairs per step of the seed stage.
+        seed_learning_rate (`float`, *optional*, defaults to `5e-4`):
+            `method="spa"`: learning rate of the seed stage's LoRA adapter (merged after).
     """
 
     model: str | None = field(
@@ -129,15 +148,30 @@ class DemoArguments:
     )
     plot: bool = field(default=True, metadata={"help": "Write ple_curves.png (`--no_plot`: don't)."})
     quiet: bool = field(default=False, metadata={"help": "No progress bar, no transformers warnings."})
+    method: str = field(
+        default="ple",
+        metadata={
+            "help": "`spa`: a seed DPO stage on a shipped preference set, then SPA (no reward in training).",
+            "choices": list(METHODS),
+        },
+    )
+    seed_steps: int = field(default=9, metadata={"help": "`--method spa`: optimizer steps of the seed DPO stage."})
+    seed_batch_size: int = field(default=4, metadata={"help": "`--method spa`: seed pairs per seed DPO step."})
+    seed_learning_rate: float = field(
+        default=5e-4, metadata={"help": "`--method spa`: learning rate of the seed DPO stage (LoRA, merged after)."}
+    )
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"`method={self.method!r}` is not a demo method; use one of {METHODS}.")
         for name in ("steps", "num_heldout", "batch_size", "max_completion_length", "steps_per_iteration",
-                     "eval_batch_size"):  # fmt: skip
+                     "eval_batch_size", "seed_steps", "seed_batch_size"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}={value!r}` must be an integer >= 1.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"`learning_rate={self.learning_rate!r}` must be > 0 (the demo uses 3e-4).")
+        for name, default in (("learning_rate", "3e-4"), ("seed_learning_rate", "5e-4")):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}={getattr(self, name)!r}` must be > 0 (the demo uses {default}).")
         if not self.temperature > 0:
             raise ValueError(f"`temperature={self.temperature!r}` must be > 0 (training samples its answers).")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -182,6 +216,22 @@ def load_demo_prompts(split: str | None = None, path=None) -> list[str]:
     return prompts
 
 
+def load_spa_seed(path=None) -> list[dict]:
+    """
+    The demo's seed preference set for `--method spa`: conversational `prompt`/`chosen`/`rejected` rows, the chosen
+    answer warm and positive, the rejected one curt or negative. Its prompts are none of the demo's prompts.
+
+    Args:
+        path (`str`, `os.PathLike` or `None`, *optional*, defaults to `None`):
+            A JSON-lines file of such rows; `None` uses the file shipped with ple-trl.
+
+    Returns:
+        `list[dict]`: the rows, in file order.
+    """
+    with open(SPA_SEED_PATH if path is None else Path(path)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def demo_reward_funcs():
     """
     The demo's reward functions, in TRL's signature: VADER compound sentiment (in [-1, 1]) and a profanity penalty
@@ -220,8 +270,8 @@ def measure_rewards(model, tokenizer, prompts, principle: str | None = None, max
             Prompts generated together.
 
     Returns:
-        `dict`: `reward` (mean of VADER + profanity penalty), `vader` (mean compound), `positive_rate` (share of answers
-        with VADER > 0.05), `profanity_rate` (share with a profane word), `answers` (the texts).
+        `dict`: `reward` (mean of VADER + profanity penalty), `vader` (mean compound), `positive_rate` (share of
+        answers with VADER > 0.05), `profanity_rate` (share with a profane word), `answers` (the texts).
     """
     from .evaluation import generate_answers
     from .principles import wrap
@@ -244,7 +294,7 @@ def measure_rewards(model, tokenizer, prompts, principle: str | None = None, max
     }
 
 
-def _progress_callback(total_steps):
+def _progress_callback(total_steps, desc="PLE training"):
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
 
@@ -252,7 +302,7 @@ def _progress_callback(total_steps):
         """One progress bar with the last round's PLE numbers, instead of a dict printed per step."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=total_steps, desc="PLE training", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True)
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(state.global_step - self.bar.n)
@@ -264,6 +314,8 @@ def _progress_callback(total_steps):
                 "principled": logs.get("ple/reward_principled"),
                 "tau": logs.get("ple/tau"),
                 "ranked": logs.get("ple/rank_fraction"),
+                "margin": logs.get("spa/margin"),
+                "refined": logs.get("spa/refined_fraction"),
             }
             if any(value is not None for value in shown.values()):
                 self.bar.set_postfix({k: f"{v:.2f}" for k, v in shown.items() if v is not None}, refresh=True)
@@ -312,19 +364,22 @@ def before_after_table(results: dict) -> str:
 def run_demo(args: DemoArguments | None = None, *, config_overrides: dict | None = None, **kwargs) -> dict:
     """
     The demo: [`load`] the model, [`measure`] it on the held-out prompts, [`train`] it with PLE, measure again and
-    [`report`] (write the run's files).
+    [`report`] (write the run's files). With `method="spa"`, the [`seed_stage`] and a measurement of the seed model
+    come before [`train`].
 
     Args:
         args ([`DemoArguments`] or `None`, *optional*, defaults to `None`):
             The demo's arguments; `None` builds them from `kwargs` (`run_demo(steps=4, seed=1)`).
         config_overrides (`dict` or `None`, *optional*, defaults to `None`):
-            More [`PLEConfig`] fields (e.g. `{"length_normalize": True}`), applied over the demo's.
+            More [`PLEConfig`] fields (e.g. `{"length_normalize": True}`; [`SPAConfig`] fields with `method="spa"`),
+            applied over the demo's.
         **kwargs:
             [`DemoArguments`] fields, set over `args`.
 
     Returns:
         `dict`: `before` and `after` (each with `plain` and `principled` measurements from [`measure_rewards`]),
-        `settings`, `timings` (seconds), `files` (paths written) and `examples` (held-out answers before and after).
+        `settings`, `timings` (seconds), `files` (paths written) and `examples` (held-out answers before and after);
+        with `method="spa"` also `after_seed` (the seed model's plain-prompt measurement).
     """
     import torch
 
@@ -342,14 +397,21 @@ def run_demo(args: DemoArguments | None = None, *, config_overrides: dict | None
         with _timed(timings, "measure_before_s"):
             _say(args, f"Measuring {len(heldout)} held-out prompts before training (plain and principle-guided) ...")
             before = measure(policy, tokenizer, heldout, args, principled=True)
+        init_model = after_seed = None
+        if args.method == "spa":
+            with _timed(timings, "seed_s"):
+                init_model, policy = seed_stage(policy, tokenizer, args)
+            with _timed(timings, "measure_after_seed_s"):
+                _say(args, f"Measuring the {len(heldout)} held-out prompts after the seed DPO stage ...")
+                after_seed = measure(policy, tokenizer, heldout, args, principled=False)
         with _timed(timings, "train_s"):
-            trainer = train(policy, tokenizer, train_prompts, args, config_overrides)
+            trainer = train(policy, tokenizer, train_prompts, args, config_overrides, ref_model=init_model)
         with _timed(timings, "measure_after_s"):
             _say(args, f"Measuring the {len(heldout)} held-out prompts after training ...")
             after = measure(trainer.model, tokenizer, heldout, args, principled=args.measure_principled_after)
         return report(
             trainer, args, model_path=model_path, heldout=heldout, train_prompts=train_prompts, before=before,
-            after=after, timings=timings, config_overrides=config_overrides,
+            after=after, timings=timings, config_overrides=config_overrides, after_seed=after_seed,
         )  # fmt: skip
     finally:
         torch.set_num_threads(previous)
@@ -403,18 +465,59 @@ def measure(model, tokenizer, prompts: list[str], args: DemoArguments, principle
     return measured
 
 
-def train(policy, tokenizer, train_prompts: list[str], args: DemoArguments, config_overrides: dict | None = None):
+def seed_stage(policy, tokenizer, args: DemoArguments):
     """
-    Train `policy` with [`PLETrainer`] (a LoRA adapter, the demo's principle and rewards) on `train_prompts`.
+    `method="spa"`: SPA's seed stage, TRL's `DPOTrainer` on [`load_spa_seed`]'s pairs (a LoRA adapter, merged; see
+    [`~ple_trl.spa_trainer.run_seed_dpo`]), saved to `<output_dir>/seed`.
 
     Returns:
-        [`PLETrainer`]: the trainer, trained (its `model` is the adapted policy).
+        `tuple`: the model before the seed stage (SPA's `pi_init`) and the seed model, loaded from what was saved.
+    """
+    import copy
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    from .spa_trainer import run_seed_dpo
+
+    init_model = copy.deepcopy(policy)  # the seed stage trains (and merges into) `policy` in place
+    seed_dir = os.path.join(args.output_dir, "seed")
+    _say(args, f"Seed DPO stage: {args.seed_steps} steps of {args.seed_batch_size} pairs ...")
+    run_seed_dpo(
+        policy,
+        Dataset.from_list(load_spa_seed()),
+        seed_dir,
+        peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"),
+        processing_class=tokenizer,
+        max_steps=args.seed_steps,
+        per_device_train_batch_size=args.seed_batch_size,
+        learning_rate=args.seed_learning_rate,
+        beta=0.1,
+        max_length=256,
+        logging_steps=1,
+        bf16=False,
+        seed=args.seed,
+        disable_tqdm=args.quiet,
+    )
+    # The saved seed model, not the in-memory one, which DPOTrainer has wrapped and patched.
+    return init_model, AutoModelForCausalLM.from_pretrained(seed_dir, dtype=policy.dtype)
+
+
+def train(policy, tokenizer, train_prompts: list[str], args: DemoArguments, config_overrides: dict | None = None,
+          ref_model=None):  # fmt: skip
+    """
+    Train `policy` with [`PLETrainer`] (a LoRA adapter, the demo's principle and rewards) on `train_prompts`; with
+    `args.method == "spa"`, with [`SPATrainer`] (no reward) against `ref_model`, the model before [`seed_stage`].
+
+    Returns:
+        [`PLETrainer`] or [`SPATrainer`]: the trainer, trained (its `model` is the adapted policy).
     """
     from datasets import Dataset
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from . import PLEConfig, PLETrainer
+    from . import PLEConfig, PLETrainer, SPAConfig, SPATrainer
 
     os.makedirs(args.output_dir, exist_ok=True)
     labels_path = os.path.join(args.output_dir, "enhanced_labels.jsonl")
@@ -422,7 +525,6 @@ def train(policy, tokenizer, train_prompts: list[str], args: DemoArguments, conf
         os.remove(labels_path)
     config = dict(
         output_dir=args.output_dir,
-        principle=DEMO_PRINCIPLE,
         per_device_train_batch_size=args.batch_size,
         max_completion_length=args.max_completion_length,
         temperature=args.temperature,
@@ -436,31 +538,34 @@ def train(policy, tokenizer, train_prompts: list[str], args: DemoArguments, conf
         gradient_checkpointing=False,
         report_to="none",
         seed=args.seed,
-        rank_sft_coef=RANK_SFT_COEF,
         iteration_unit="steps",
         steps_per_iteration=args.steps_per_iteration,
-        reward_weights=[1.0, 1.0],
         save_enhanced_labels=True,
         disable_tqdm=args.quiet,
     )
-    trainer = PLETrainer(
+    common = dict(
         model=policy,
-        reward_funcs=demo_reward_funcs(),
-        args=PLEConfig(**{**config, **(config_overrides or {})}),
         train_dataset=Dataset.from_dict({"prompt": [_as_chat(p) for p in train_prompts]}),
         processing_class=tokenizer,
         peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"),
     )
+    if args.method == "spa":  # SPA's implicit reward labels the pairs: the principle and the rewards play no part
+        config = SPAConfig(**{**config, **(config_overrides or {})})
+        trainer = SPATrainer(args=config, ref_model=ref_model, **common)
+    else:
+        config.update(principle=DEMO_PRINCIPLE, rank_sft_coef=RANK_SFT_COEF, reward_weights=[1.0, 1.0])
+        config = PLEConfig(**{**config, **(config_overrides or {})})
+        trainer = PLETrainer(reward_funcs=demo_reward_funcs(), args=config, **common)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     if not args.quiet:
-        trainer.add_callback(_progress_callback(args.steps))
+        trainer.add_callback(_progress_callback(args.steps, desc=f"{args.method.upper()} training"))
     trainer.train()
     return trainer
 
 
 def report(trainer, args: DemoArguments, *, model_path, heldout, train_prompts, before, after, timings,
-           config_overrides=None) -> dict:  # fmt: skip
+           config_overrides=None, after_seed=None) -> dict:  # fmt: skip
     """
     Write the run's files (trainer state, adapter, figure, `demo_results.json`) and return the results.
 
@@ -472,6 +577,7 @@ def report(trainer, args: DemoArguments, *, model_path, heldout, train_prompts, 
         before, after (`dict`): the measurements, from [`measure`].
         timings (`dict`): seconds per step so far; `total_s` is added.
         config_overrides (`dict` or `None`, *optional*): the [`PLEConfig`] fields set over the demo's.
+        after_seed (`dict` or `None`, *optional*): `method="spa"`: the seed model's measurement.
 
     Returns:
         `dict`: see [`run_demo`].
@@ -485,7 +591,7 @@ def report(trainer, args: DemoArguments, *, model_path, heldout, train_prompts, 
     trainer.save_model(output_dir)
     files["adapter"] = output_dir
     files["enhanced_labels"] = os.path.join(output_dir, "enhanced_labels.jsonl")
-    if args.plot:
+    if args.plot and args.method == "ple":  # the figure draws PLE's curves (tau, rank fraction)
         from .plotting import plot_run
 
         title = f"ple-trl demo: {Path(model_path).name}, seed {args.seed}"
@@ -512,16 +618,27 @@ def report(trainer, args: DemoArguments, *, model_path, heldout, train_prompts, 
         "rank_sft_coef": config.rank_sft_coef,
         "steps_per_iteration": args.steps_per_iteration,
         "seed": args.seed,
+        "method": args.method,
         "config_overrides": dict(config_overrides or {}),
         "torch_threads": torch.get_num_threads(),
         "device": str(trainer.accelerator.device),
     }
+    if args.method == "spa":
+        for name in ("principle", "tau0", "alpha", "rank_sft_coef"):
+            settings.pop(name)
+        settings.update(
+            seed_pairs=len(load_spa_seed()), seed_steps=args.seed_steps, seed_batch_size=args.seed_batch_size,
+            seed_learning_rate=args.seed_learning_rate, beta=config.beta, refinement_alpha=config.refinement_alpha,
+            refinement_warmup_ratio=config.refinement_warmup_ratio, implicit_reward_judge=config.implicit_reward_judge,
+        )  # fmt: skip
     examples = [
         {"prompt": heldout[i], "before": before["plain"]["answers"][i], "after": after["plain"]["answers"][i]}
         for i in range(min(4, len(heldout)))
     ]
     results = {"before": before, "after": after, "settings": settings, "timings": timings, "files": files,
                "examples": examples}  # fmt: skip
+    if after_seed is not None:
+        results["after_seed"] = after_seed
     files["results"] = os.path.join(output_dir, "demo_results.json")
     with open(files["results"], "w") as f:
         json.dump(results, f, indent=2)
@@ -570,6 +687,8 @@ def main(argv=None) -> int:
     print()
     for example in results["examples"][:2]:
         print(f"Q: {example['prompt']}\n  before: {example['before']!r}\n  after:  {example['after']!r}")
+    if "after_seed" in results:
+        print(f"After the seed DPO stage alone: plain prompt reward {results['after_seed']['plain']['reward']:+.3f}")
     print()
     print(
         f"Trained {results['settings']['pairs_trained']} pairs in {timings['train_s']:.0f} s; whole run "
