@@ -23,14 +23,14 @@ SCRIPT_ARGS = ["--max_steps", "2", "--output_dir", "out", "--bf16", "False"]
 
 
 def test_recipes_ship_in_the_package_and_load_by_name():
-    assert recipe_names() == ["hh", "imdb", "tldr"]
+    assert recipe_names() == ["hh", "imdb", "spa", "tldr"]  # spa: shipped by the issue 11 merge
     for name in recipe_names():
         assert Path(recipe_path(name)) == PACKAGE / "recipes" / f"{name}.yaml"
         assert recipe_path(f"{name}.yaml") == recipe_path(name)
     script_args, training_args, _ = parse_args(["imdb", "--bf16", "False"])
     assert script_args.dataset_name == "stanfordnlp/imdb" and training_args.output_dir == "Qwen2.5-0.5B-PLE-imdb"
     assert parse_args(["--config", "tldr", "--bf16", "False"])[0].dataset_name == "trl-lib/tldr"
-    with pytest.raises(ValueError, match=r"no such recipe.*hh, imdb, tldr"):
+    with pytest.raises(ValueError, match=r"no such recipe.*hh, imdb, spa, tldr"):
         parse_args(["imbd"])
 
 
