@@ -101,7 +101,7 @@ class DemoArguments:
         measure_principled_after (`bool`, *optional*, defaults to `False`):
             Also measure the principle-guided prompts after training (about 20 s more).
         plot (`bool`, *optional*, defaults to `True`):
-            Write `ple_curves.png`.
+            Write `ple_curves.png` (PLE's curves: not drawn with `method="spa"`).
         quiet (`bool`, *optional*, defaults to `False`):
             No progress bar or progress messages.
         method (`str`, *optional*, defaults to `"ple"`):
@@ -688,7 +688,8 @@ def main(argv=None) -> int:
     for example in results["examples"][:2]:
         print(f"Q: {example['prompt']}\n  before: {example['before']!r}\n  after:  {example['after']!r}")
     if "after_seed" in results:
-        print(f"After the seed DPO stage alone: plain prompt reward {results['after_seed']['plain']['reward']:+.3f}")
+        seed_reward, seed_s = results["after_seed"]["plain"]["reward"], timings["seed_s"]
+        print(f"After the seed DPO stage alone ({seed_s:.0f} s): plain prompt reward {seed_reward:+.3f}")
     print()
     print(
         f"Trained {results['settings']['pairs_trained']} pairs in {timings['train_s']:.0f} s; whole run "
