@@ -32,7 +32,6 @@ import json
 import math
 import os
 import random
-import re
 import statistics
 import sys
 import time
@@ -40,6 +39,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
+
+# Relevance, distinct-2 and distinct answers live in the package, so that `ple-trl demo` reports the same numbers.
+from ple_trl.evaluation import text_statistics
 
 METHODS = (
     "base", "base_prompted", "ple", "ple_anchored", "grpo", "online_dpo", "raft", "context_distillation", "spa",
@@ -53,11 +55,6 @@ DEFAULT_LRS = {
     "ple": 3e-4, "ple_anchored": 3e-4, "spa": 3e-4, "grpo": 1e-6, "online_dpo": 5e-7, "raft": 2e-5,
     "context_distillation": 2e-5,
 }  # fmt: skip
-# Request words that every answer to a request may repeat without answering it; not counted as shared content.
-REQUEST_WORDS = frozenset(
-    "write tell give make say want need help describe explain review reviews roast short please think really "
-    "honest honestly tips advice way ways good best mean".split()
-)
 QUICK = dict(steps=1, pairs=2, max_completion_length=8, num_heldout=2, num_train_prompts=2, seeds="0", lrs="default",
              raft_n=2, eval_batch_size=2)  # fmt: skip
 
@@ -127,25 +124,6 @@ def build_tasks() -> dict[str, Task]:
 
 
 # ---------------------------------------------------------------------------------------------------------- metrics
-def content_words(text: str) -> set[str]:
-    """Lower-cased words of 3+ letters, without English stop words and request words, a trailing `'s` dropped."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    words = {w.removesuffix("'s") for w in re.findall(r"[a-z][a-z']+", text.lower())}
-    return {w for w in words if len(w) >= 3 and w not in ENGLISH_STOP_WORDS and w not in REQUEST_WORDS}
-
-
-def relevance(prompts: list[str], answers: list[str]) -> float:
-    """Share of answers that repeat at least one content word of their prompt."""
-    return sum(bool(content_words(p) & content_words(a)) for p, a in zip(prompts, answers)) / max(1, len(answers))
-
-
-def distinct_2(answers: list[str]) -> float:
-    """Distinct word bigrams over all bigrams, pooled over the answers (0 when there are none)."""
-    bigrams = [tuple(w[i : i + 2]) for w in (a.lower().split() for a in answers) for i in range(len(w) - 1)]
-    return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
-
-
 def perplexity_under(model, tokenizer, answers: list[str], batch_size: int) -> float:
     """Mean perplexity of the non-empty answers under `model` (NaN when every answer is empty)."""
     from ple_trl import metrics
@@ -179,9 +157,7 @@ def evaluate_cell(ctx, task, model, heldout, base_answers, with_principle=False)
         "reward": statistics.fmean(task.reward(heldout, answers)),
         "judge": statistics.fmean(judge),
         "perplexity": perplexity_under(ctx.base_model, ctx.tokenizer, answers, ctx.args.eval_batch_size),
-        "distinct_2": distinct_2(answers),
-        "distinct_answers": len(set(answers)) / len(answers),
-        "relevance": relevance(heldout, answers),
+        **text_statistics(heldout, answers),
         "mean_words": statistics.fmean(len(a.split()) for a in answers),
     }
     base_answers = answers if base_answers is None else base_answers

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import ple_trl
+from ple_trl import evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "compare.py"
@@ -24,15 +25,11 @@ def compare():
     return module
 
 
-def test_distinct_2_and_relevance_by_hand(compare):
-    # bigrams: (a b) (b a) (a b) | (c d) -> 3 distinct of 4
-    assert compare.distinct_2(["a b a b", "c d"]) == 0.75
-    assert compare.distinct_2(["one", ""]) == 0.0
-    prompts = ["Any tips for working from home?", "Review the film Inception.", "Roast my cooking."]
-    # "working" is shared; "film" is shared; nothing of "cooking" (stop/request words: "roast", "my") in the third.
-    answers = ["Working at home is nice.", "The film is great.", "You are kind."]
-    assert compare.relevance(prompts, answers) == pytest.approx(2 / 3)
-    assert compare.content_words("Tell me about Paris's museums, please") == {"paris", "museums"}
+def test_text_statistics_come_from_the_package(compare):
+    # One home (`ple_trl.evaluation`, tested by hand in test_evaluation.py): the harness keeps no copy of its own.
+    assert compare.text_statistics is evaluation.text_statistics
+    for name in ("content_words", "relevance", "distinct_2", "REQUEST_WORDS"):
+        assert not hasattr(compare, name), name
 
 
 def test_judges_offline(compare):

@@ -153,3 +153,59 @@ def test_format_table_aligns_columns_by_hand():
     assert right == "k       v\n--  -----\na     1.5\nbb  10.25"
     with pytest.raises(ValueError, match="one `<` or `>` per column"):
         format_table([["a"]], ["k"], align="<>")
+
+
+# --- text statistics: relevance proxy, distinct-2, distinct answers -------------------------------------------------
+
+
+def test_content_words_drop_stop_request_and_short_words():
+    # "tell", "please" are request words, "me"/"about" stop words, "'s" is dropped.
+    assert evaluation.content_words("Tell me about Paris's museums, please") == {"paris", "museums"}
+    # "any", "for", "from", "it", "is", "an" are stop words; "tips" a request word; "ox" is too short.
+    assert evaluation.content_words("Any tips for working from home? It is an ox.") == {"working", "home"}
+    assert evaluation.content_words("") == set()
+
+
+def test_stop_words_are_scikit_learns_list():
+    # Copied so the demo needs no scikit-learn; the same list keeps benchmarks/compare.py's numbers unchanged.
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    assert evaluation.STOP_WORDS == ENGLISH_STOP_WORDS and len(evaluation.STOP_WORDS) == 318
+
+
+def test_relevance_counts_answers_sharing_a_content_word_with_their_prompt():
+    prompts = ["Any tips for working from home?", "Review the film Inception.", "Roast my cooking.", "Tips for sleep?"]
+    answers = [
+        "Working at home is nice.",  # shares "working" and "home"
+        "The film is great.",  # shares "film"
+        "You are kind.",  # "cooking" is not repeated ("roast" and "my" do not count)
+        "I'm so glad you're here, happy to give tips!",  # only the request word "tips": filler, not relevant
+    ]
+    assert evaluation.relevance(prompts, answers) == 0.5
+    assert evaluation.relevance(prompts[:1], ["Home is where the heart is."]) == 1.0
+    assert evaluation.relevance([], []) == 0.0
+    with pytest.raises(ValueError, match="2 prompts for 1 answers"):
+        evaluation.relevance(prompts[:2], answers[:1])
+
+
+def test_distinct_2_pools_bigrams_over_answers():
+    # bigrams: (a b) (b a) (a b) | (c d) -> 3 distinct of 4
+    assert evaluation.distinct_2(["a b a b", "c d"]) == 0.75
+    # lower-cased: "I am glad" twice -> (i am) (am glad) x2 -> 2 distinct of 4
+    assert evaluation.distinct_2(["I am glad", "i am GLAD"]) == 0.5
+    assert evaluation.distinct_2(["one", ""]) == 0.0
+    assert evaluation.distinct_2([]) == 0.0
+
+
+def test_distinct_answers_is_the_share_of_distinct_strings():
+    assert evaluation.distinct_answers(["I'm so glad", "I'm so glad", "Up is a film", "I'm so glad"]) == 0.5
+    assert evaluation.distinct_answers(["a", "A"]) == 1.0  # exact strings: case matters here
+    assert evaluation.distinct_answers([]) == 0.0
+
+
+def test_text_statistics_gathers_the_three():
+    prompts, answers = ["Review the film Up.", "Tips for sleep?"], ["Up is a fine film", "Up is a fine film"]
+    # relevance: "film" is shared with the first prompt only ("up" is a stop word): 1 of 2; bigrams: 4 distinct of 8;
+    # distinct answers: 1 of 2.
+    stats = evaluation.text_statistics(prompts, answers)
+    assert stats == {"relevance": 0.5, "distinct_2": 0.5, "distinct_answers": 0.5}

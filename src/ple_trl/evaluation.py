@@ -14,12 +14,16 @@ print(results_table(results))
 
 import math
 import os
+import re
 from collections.abc import Callable
 from contextlib import contextmanager
 
 CHAT_TEMPLATE_CHOICES = ("auto", "on", "off")
 
-__all__ = ["eval_mode", "evaluate_models", "format_table", "generate_answers", "load_causal_lm", "results_table"]
+__all__ = [
+    "content_words", "distinct_2", "distinct_answers", "eval_mode", "evaluate_models", "format_table",
+    "generate_answers", "load_causal_lm", "relevance", "results_table", "text_statistics",
+]  # fmt: skip
 
 
 @contextmanager
@@ -350,3 +354,125 @@ def results_table(results: dict) -> str:
         rows.append([f"win_rate/{source}" + detail, outcome["win_rate"], None])
     headers = ["metric", *[f"[{'AB'[i]}] {os.path.basename(os.path.normpath(n))}" for i, n in enumerate(names)]]
     return format_table(rows, headers)
+
+
+# ------------------------------------------------------------------------------------------------ text statistics
+# English stop words: the list of scikit-learn's `ENGLISH_STOP_WORDS` (318 words, from the Glasgow Information
+# Retrieval Group), copied so that the demo does not need scikit-learn.
+STOP_WORDS = frozenset((
+    "a about above across after afterwards again against all almost alone along already also although always am "
+    "among amongst amoungst amount an and another any anyhow anyone anything anyway anywhere are around as at back "
+    "be became because become becomes becoming been before beforehand behind being below beside besides between "
+    "beyond bill both bottom but by call can cannot cant co con could couldnt cry de describe detail do done down "
+    "due during each eg eight either eleven else elsewhere empty enough etc even ever every everyone everything "
+    "everywhere except few fifteen fifty fill find fire first five for former formerly forty found four from front "
+    "full further get give go had has hasnt have he hence her here hereafter hereby herein hereupon hers herself "
+    "him himself his how however hundred i ie if in inc indeed interest into is it its itself keep last latter "
+    "latterly least less ltd made many may me meanwhile might mill mine more moreover most mostly move much must my "
+    "myself name namely neither never nevertheless next nine no nobody none noone nor not nothing now nowhere of "
+    "off often on once one only onto or other others otherwise our ours ourselves out over own part per perhaps "
+    "please put rather re same see seem seemed seeming seems serious several she should show side since sincere six "
+    "sixty so some somehow someone something sometime sometimes somewhere still such system take ten than that the "
+    "their them themselves then thence there thereafter thereby therefore therein thereupon these they thick thin "
+    "third this those though three through throughout thru thus to together too top toward towards twelve twenty "
+    "two un under until up upon us very via was we well were what whatever when whence whenever where whereafter "
+    "whereas whereby wherein whereupon wherever whether which while whither who whoever whole whom whose why will "
+    "with within without would yet you your yours yourself yourselves"
+).split())  # fmt: skip
+# Request words: an answer to any request may repeat them without answering it ("Here are some tips ..."), so they
+# are not counted as content shared with the prompt.
+REQUEST_WORDS = frozenset(
+    "write tell give make say want need help describe explain review reviews roast short please think really "
+    "honest honestly tips advice way ways good best mean".split()
+)
+
+
+def content_words(text: str) -> set[str]:
+    """
+    The content words of a text, as [`relevance`] compares them: lower-cased words of 3 or more letters (apostrophes
+    allowed inside), a trailing `'s` dropped, without English stop words ([`STOP_WORDS`]) and request words
+    ([`REQUEST_WORDS`]).
+
+    Args:
+        text (`str`): the text.
+
+    Returns:
+        `set[str]`: e.g. `{"paris", "museums"}` for `"Tell me about Paris's museums, please"`.
+    """
+    words = {word.removesuffix("'s") for word in re.findall(r"[a-z][a-z']+", text.lower())}
+    return {word for word in words if len(word) >= 3 and word not in STOP_WORDS and word not in REQUEST_WORDS}
+
+
+def relevance(prompts: list[str], answers: list[str]) -> float:
+    """
+    A proxy for "the answers still answer the question": the share of answers that repeat at least one content word
+    ([`content_words`]) of their prompt.
+
+    Its limits: it misses paraphrase and synonyms ("cooking" answered with "dish") and inflections ("cook" /
+    "cooking"), so a relevant answer can score 0; it counts an answer that echoes one word of the prompt inside
+    generic filler as relevant; and its level depends on the prompts (a refusal to "Roast my terrible cooking" shares
+    no word with it). It detects answers that ignore the prompt for a fixed opener ("I'm so glad you're here ..."); it
+    does not judge whether an answer is good. Compare it between models on the same prompts, not across prompt sets.
+
+    Args:
+        prompts (`list[str]`): the plain user requests.
+        answers (`list[str]`): one answer text per prompt.
+
+    Returns:
+        `float`: in [0, 1]; 0 when there are no answers.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts for {len(answers)} answers: give one answer per prompt.")
+    shared = sum(bool(content_words(prompt) & content_words(answer)) for prompt, answer in zip(prompts, answers))
+    return shared / max(1, len(answers))
+
+
+def distinct_2(answers: list[str]) -> float:
+    """
+    Diversity of the answers: distinct word bigrams over all word bigrams, pooled over the answers (lower-cased,
+    split on whitespace). Answers that repeat the same phrases score low; it says nothing about relevance or fluency,
+    and it falls as answers get longer, so compare it at the same answer length.
+
+    Args:
+        answers (`list[str]`): the answer texts.
+
+    Returns:
+        `float`: in [0, 1]; 0 when no answer has two words.
+    """
+    split = [answer.lower().split() for answer in answers]
+    bigrams = [tuple(words[i : i + 2]) for words in split for i in range(len(words) - 1)]
+    return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+
+
+def distinct_answers(answers: list[str]) -> float:
+    """
+    The share of distinct answers: distinct answer strings (compared exactly) over the number of answers. A model
+    that gives the same sentence to many prompts (mode collapse) scores low; two answers differing in one word count
+    as distinct, so read it with [`distinct_2`].
+
+    Args:
+        answers (`list[str]`): the answer texts.
+
+    Returns:
+        `float`: in [0, 1]; 0 when there are no answers.
+    """
+    return len(set(answers)) / len(answers) if answers else 0.0
+
+
+def text_statistics(prompts: list[str], answers: list[str]) -> dict[str, float]:
+    """
+    The three text statistics of a set of answers, as `ple-trl demo` and `benchmarks/compare.py` report them.
+
+    Args:
+        prompts (`list[str]`): the plain user requests.
+        answers (`list[str]`): one answer text per prompt.
+
+    Returns:
+        `dict`: `relevance` ([`relevance`]), `distinct_2` ([`distinct_2`]) and `distinct_answers`
+        ([`distinct_answers`]).
+    """
+    return {
+        "relevance": relevance(prompts, answers),
+        "distinct_2": distinct_2(answers),
+        "distinct_answers": distinct_answers(answers),
+    }
