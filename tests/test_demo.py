@@ -12,6 +12,7 @@ import pytest
 
 from ple_trl import cli, demo_model, plotting
 from ple_trl.demo import DEMO_PRINCIPLE, before_after_table, load_demo_prompts
+from ple_trl.evaluation import distinct_2, distinct_answers, relevance
 from ple_trl.rewards import completion_text, profanity_penalty, vader_sentiment
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -259,6 +260,33 @@ def test_demo_writes_its_files(demo_run):
     assert "plain prompt: reward" in demo_run.stdout
 
 
+def test_demo_prints_and_stores_the_text_statistics_and_three_examples(demo_run):
+    results = json.loads((demo_run.out / "demo_results.json").read_text())
+    heldout = load_demo_prompts("heldout")[:HELDOUT]
+    for moment in ("before", "after"):
+        for kind in ("plain", "principled"):
+            measured = results[moment][kind]
+            # Computed from the stored answers, always against the plain prompts.
+            assert measured["relevance"] == relevance(heldout, measured["answers"])
+            assert measured["distinct_2"] == distinct_2(measured["answers"])
+            assert measured["distinct_answers"] == distinct_answers(measured["answers"])
+    for label in ("relevance", "distinct-2", "distinct answers"):
+        row = next(line for line in demo_run.stdout.splitlines() if line.startswith(f"plain prompt: {label}"))
+        assert row.split()[-3:-1] != ["-", "-"], row  # measured before and after
+    distinct_row = next(line for line in demo_run.stdout.splitlines() if "distinct answers" in line)
+    before_count = round(results["before"]["plain"]["distinct_answers"] * HELDOUT)
+    after_count = round(results["after"]["plain"]["distinct_answers"] * HELDOUT)
+    assert distinct_row.split()[-3:] == [f"{before_count}/{HELDOUT}", f"{after_count}/{HELDOUT}",
+                                         f"{after_count - before_count:+d}"]  # fmt: skip
+    # The answers to the first three held-out prompts, before and after, stored and printed.
+    assert [example["prompt"] for example in results["examples"]] == heldout[:3]
+    printed = [line[3:] for line in demo_run.stdout.splitlines() if line.startswith("Q: ")]
+    assert printed == heldout[:3]
+    for example in results["examples"]:
+        assert example["after"] == results["after"]["plain"]["answers"][heldout.index(example["prompt"])]
+        assert f"  after:  {example['after']!r}" in demo_run.stdout
+
+
 def test_demo_audit_log_has_one_row_per_trained_pair(demo_run):
     rows = [json.loads(line) for line in (demo_run.out / "enhanced_labels.jsonl").read_text().splitlines()]
     assert len(rows) == STEPS * PAIRS  # and the stale row is gone
@@ -303,18 +331,31 @@ def test_demo_results_hold_before_and_after(demo_run):
 
 
 def test_before_after_table_shows_before_after_and_change():
-    measured = lambda reward, positive: {"reward": reward, "positive_rate": positive, "profanity_rate": 0.0}  # noqa: E731
+    def measured(reward, positive, relevance=None, distinct_2=None, distinct_answers=None):
+        stats = {"relevance": relevance, "distinct_2": distinct_2, "distinct_answers": distinct_answers}
+        return {"reward": reward, "positive_rate": positive, "profanity_rate": 0.0,
+                **{key: value for key, value in stats.items() if value is not None}}  # fmt: skip
+
     table = before_after_table({
+        "before": {"plain": measured(0.1, 0.4, 0.640625, 0.62, 59 / 64), "principled": measured(0.3, 0.7)},
+        "after": {"plain": measured(0.45, 0.8, 0.296875, 0.31, 50 / 64)},
+        "settings": {"num_heldout": 64, "max_completion_length": 24},
+    })  # fmt: skip
+    rows = {line[:30].strip(): line.split() for line in table.splitlines()}
+    assert rows["plain prompt: reward"][-3:] == ["+0.100", "+0.450", "+0.350"]
+    assert rows["plain prompt: positive answers"][-4:] == ["40%", "80%", "+40", "pt"]
+    assert rows["plain prompt: relevance"][-4:] == ["64%", "30%", "-34", "pt"]  # 41/64 -> 19/64
+    assert rows["plain prompt: distinct-2"][-3:] == ["0.62", "0.31", "-0.31"]
+    assert rows["plain prompt: distinct answers"][-3:] == ["59/64", "50/64", "-9"]
+    assert rows["principled prompt: reward"][-3:] == ["+0.300", "-", "-"]  # not measured after: shown as such
+    # A results file from before the text statistics existed still renders, with `-` for them.
+    old = before_after_table({
         "before": {"plain": measured(0.1, 0.4), "principled": measured(0.3, 0.7)},
         "after": {"plain": measured(0.45, 0.8)},
         "settings": {"num_heldout": 64, "max_completion_length": 24},
     })  # fmt: skip
-    plain_row = next(line for line in table.splitlines() if line.startswith("plain prompt: reward"))
-    assert plain_row.split()[-3:] == ["+0.100", "+0.450", "+0.350"]
-    positive_row = next(line for line in table.splitlines() if "positive answers" in line)
-    assert positive_row.split()[-4:] == ["40%", "80%", "+40", "pt"]
-    principled_row = next(line for line in table.splitlines() if line.startswith("principled prompt"))
-    assert principled_row.split()[-3:] == ["+0.300", "-", "-"]  # not measured after: shown as such
+    relevance_row = next(line for line in old.splitlines() if line.startswith("plain prompt: relevance"))
+    assert relevance_row.split()[-3:] == ["-", "-", "-"]
 
 
 def test_demo_rejects_bad_arguments(tiny_model_path, tmp_path):

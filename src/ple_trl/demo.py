@@ -19,8 +19,10 @@ What it does ([`run_demo`], one function per step; the arguments and their defau
 3. [`train`]s it with [`PLETrainer`] (LoRA r=8, alpha=16 on all linear modules, tau0=0.2, alpha=0.9 as in the paper)
    on the training prompts, with two real third-party rewards: VADER's compound sentiment and a better-profanity
    penalty. The reward scores both answers against the plain prompt.
-4. Measures again, writes the run's files ([`report`]) and prints a before/after table. The plain-prompt reward rising
-   towards the principle-guided one is PLE distilling the principle into the model's unguided behaviour.
+4. Measures again, writes the run's files ([`report`]) and prints a before/after table and the answers to the first 3
+   held-out prompts. The plain-prompt reward rising towards the principle-guided one is PLE distilling the principle
+   into the model's unguided behaviour; the relevance, distinct-2 and distinct-answer rows
+   ([`~ple_trl.evaluation.text_statistics`]) show whether the answers still answer the question and still differ.
 
 With `--method spa`, step 3 is [`seed_stage`] (TRL's `DPOTrainer` on a shipped seed preference set, LoRA merged; the
 seed model is measured too) then [`SPATrainer`] on the training prompts, whose reference `pi_init` is the model before
@@ -49,6 +51,9 @@ METHODS = ("ple", "spa")
 SPLITS = ("train", "heldout")
 # A VADER compound score above this counts as a positive answer (VADER's own convention).
 POSITIVE_THRESHOLD = 0.05
+# Answers printed (and stored as `examples`) before and after: those to the first held-out prompts, so that a reader
+# sees whether the trained answers still answer the question (the first three alternate film reviews and advice).
+NUM_EXAMPLES = 3
 
 # The demo's LoRA adapter, and the NLL term on the preferred answer of ranked pairs: at the demo's learning rate, the
 # ranking loss alone (on sequence log-likelihoods) soon pushes a 135M model into degenerate text.
@@ -271,9 +276,12 @@ def measure_rewards(model, tokenizer, prompts, principle: str | None = None, max
 
     Returns:
         `dict`: `reward` (mean of VADER + profanity penalty), `vader` (mean compound), `positive_rate` (share of
-        answers with VADER > 0.05), `profanity_rate` (share with a profane word), `answers` (the texts).
+        answers with VADER > 0.05), `profanity_rate` (share with a profane word), `relevance`, `distinct_2` and
+        `distinct_answers` (the text statistics of [`~ple_trl.evaluation.text_statistics`], against the plain
+        prompts: does the model still answer the question, and does it answer each one differently) and `answers`
+        (the texts).
     """
-    from .evaluation import generate_answers
+    from .evaluation import generate_answers, text_statistics
     from .principles import wrap
     from .rewards import completion_text
 
@@ -290,6 +298,7 @@ def measure_rewards(model, tokenizer, prompts, principle: str | None = None, max
         "vader": sum(vader) / count,
         "positive_rate": sum(v > POSITIVE_THRESHOLD for v in vader) / count,
         "profanity_rate": sum(p < 0 for p in profanity) / count,
+        **text_statistics(prompts, answers),
         "answers": answers,
     }
 
@@ -340,23 +349,33 @@ def before_after_table(results: dict) -> str:
     from .evaluation import format_table
 
     before, after, settings = results["before"], results["after"], results["settings"]
+    n = settings["num_heldout"]
+    formats = {  # how a value and its change (after - before) are shown
+        "reward": (lambda v: f"{v:+.3f}", lambda d: f"{d:+.3f}"),
+        "share": (lambda v: f"{v:.0%}", lambda d: f"{d * 100:+.0f} pt"),
+        "decimal": (lambda v: f"{v:.2f}", lambda d: f"{d:+.2f}"),
+        "count": (lambda v: f"{round(v * n)}/{n}", lambda d: f"{round(d * n):+d}"),  # a share of the n answers
+    }
     rows = []
-    for label, prompt_kind, key in (
-        ("plain prompt: reward", "plain", "reward"),
-        ("plain prompt: positive answers", "plain", "positive_rate"),
-        ("plain prompt: profane answers", "plain", "profanity_rate"),
-        ("principled prompt: reward", "principled", "reward"),
+    for label, prompt_kind, key, kind in (
+        ("plain prompt: reward", "plain", "reward", "reward"),
+        ("plain prompt: positive answers", "plain", "positive_rate", "share"),
+        ("plain prompt: profane answers", "plain", "profanity_rate", "share"),
+        ("plain prompt: relevance", "plain", "relevance", "share"),
+        ("plain prompt: distinct-2", "plain", "distinct_2", "decimal"),
+        ("plain prompt: distinct answers", "plain", "distinct_answers", "count"),
+        ("principled prompt: reward", "principled", "reward", "reward"),
     ):
-        b, a = before[prompt_kind][key], after.get(prompt_kind, {}).get(key)
-        if key == "reward":
-            cells = [f"{b:+.3f}", None if a is None else f"{a:+.3f}", None if a is None else f"{a - b:+.3f}"]
-        else:
-            cells = [f"{b:.0%}", None if a is None else f"{a:.0%}", None if a is None else f"{(a - b) * 100:+.0f} pt"]
-        rows.append([label, *cells])
+        value, change = formats[kind]
+        # `.get`: a results file written before a statistic existed shows `-` for it.
+        b, a = before[prompt_kind].get(key), after.get(prompt_kind, {}).get(key)
+        cells = [None if b is None else value(b), None if a is None else value(a)]
+        rows.append([label, *cells, None if a is None or b is None else change(a - b)])
     intro = (
         f"Held-out prompts: {settings['num_heldout']} (never trained on); greedy answers of up to "
         f"{settings['max_completion_length']} tokens; reward = VADER compound + profanity penalty, scored against the "
-        "plain prompt."
+        "plain prompt.\nRelevance: answers that repeat a content word of their prompt (a proxy: it misses synonyms); "
+        "distinct-2: distinct word pairs over all word pairs."
     )
     return intro + "\n\n" + format_table(rows, ["", "before", "after", "change"], align="<>>>")
 
@@ -633,7 +652,7 @@ def report(trainer, args: DemoArguments, *, model_path, heldout, train_prompts, 
         )  # fmt: skip
     examples = [
         {"prompt": heldout[i], "before": before["plain"]["answers"][i], "after": after["plain"]["answers"][i]}
-        for i in range(min(4, len(heldout)))
+        for i in range(min(NUM_EXAMPLES, len(heldout)))
     ]
     results = {"before": before, "after": after, "settings": settings, "timings": timings, "files": files,
                "examples": examples}  # fmt: skip
@@ -685,7 +704,7 @@ def main(argv=None) -> int:
     print()
     print(before_after_table(results))
     print()
-    for example in results["examples"][:2]:
+    for example in results["examples"]:
         print(f"Q: {example['prompt']}\n  before: {example['before']!r}\n  after:  {example['after']!r}")
     if "after_seed" in results:
         seed_reward, seed_s = results["after_seed"]["plain"]["reward"], timings["seed_s"]
