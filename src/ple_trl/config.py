@@ -99,14 +99,15 @@ GRPO_FIELDS_HONOURED = {
     "log_completions": "PLE's completions table: prompt, plain and principled answers, both rewards, route, weight, "
     "tau (printed, and written to `output_dir/completions/*.parquet` and wandb/trackio)",
     "num_completions_to_print": "rows of PLE's completions table printed at each log",
+    "log_unique_prompts": "the completions table sent to wandb/trackio keeps the first row of each prompt (a prompt "
+    "the round holds twice, e.g. repeated in the dataset, is logged once); the printed table and the parquet files "
+    "keep every row",
     "log_completions_hub_repo": "the Hub dataset to which the completions tables are pushed, as in GRPO",
 }
 # Accepted and without effect, because they have no meaning for PLE's pairs. Kept tiny: prefer honouring or refusing.
 GRPO_FIELDS_IGNORED = {
     "log_multimodal": "PLE's completions table logs text only (prompt, both answers, rewards, route), so there are no "
     "images to include or leave out",
-    "log_unique_prompts": "GRPO uses it to drop the `num_generations` repeats of a prompt from its completions table; "
-    "PLE's table has one row per pair, so a prompt is never repeated within a round",
 }
 
 
