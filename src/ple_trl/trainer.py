@@ -291,6 +291,26 @@ class PLETrainer(GRPOTrainer):
             }"""),
     }
 
+    # What `args` must be, and what the error says when it is not: a subclass with its own config (SPA) sets both.
+    _config_class = PLEConfig
+    _config_hint = (
+        "PLETrainer needs a `PLEConfig`. Build one with the same fields, e.g. `PLEConfig(**your_args.to_dict())` minus "
+        "the fields of your former method."
+    )
+
+    @classmethod
+    def _resolve_args(cls, model, args):
+        """
+        The trainer's configuration: `args` when it is a `_config_class`, its defaults (saved to `<model name>-<_name>`,
+        as TRL names its default `output_dir`) when `None`, else a `TypeError` that says how to build one.
+        """
+        if args is None:
+            model_name = model if isinstance(model, str) else model.config._name_or_path
+            return cls._config_class(f"{(model_name or 'model').split('/')[-1]}-{cls._name}")
+        if not isinstance(args, cls._config_class):
+            raise TypeError(f"`args` is a {type(args).__name__}; {cls._config_hint}")
+        return args
+
     def __init__(
         self,
         model,
@@ -306,14 +326,7 @@ class PLETrainer(GRPOTrainer):
         ref_model=None,
         quantization_config=None,
     ):
-        if args is None:
-            model_name = model if isinstance(model, str) else model.config._name_or_path
-            args = PLEConfig(f"{(model_name or 'model').split('/')[-1]}-PLE")
-        elif not isinstance(args, PLEConfig):
-            raise TypeError(
-                f"`args` is a {type(args).__name__}; PLETrainer needs a `PLEConfig`. Build one with the same fields, "
-                "e.g. `PLEConfig(**your_args.to_dict())` minus the fields of your former method."
-            )
+        args = self._resolve_args(model, args)
         reward_funcs = (
             [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
         )

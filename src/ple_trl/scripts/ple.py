@@ -192,6 +192,7 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
     from trl import SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
     from ..data import dataset_columns, load_split
+    from ..stages import save_merged_model
 
     output_dir = script_args.sft_output_dir or os.path.join(training_args.output_dir, "sft")
     dataset = load_split(
@@ -239,19 +240,54 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
         quantization_config=get_quantization_config(model_args),
     )
     trainer.train()
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if trainer.accelerator.is_main_process:
-        model.save_pretrained(output_dir)
-        trainer.processing_class.save_pretrained(output_dir)
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.print(f"SFT stage done: model saved to {output_dir}.")
-    del trainer, model
+    save_merged_model(trainer, output_dir, "SFT stage")
+    del trainer
     return output_dir
 
 
 # --- main ------------------------------------------------------------------------------------------------------------
+
+
+def _prompts_and_start_model(script_args: PLEScriptArguments, training_args, model_args):
+    """
+    What `--method ple` and `--method spa` start from: the prompt datasets (`train`, and `test` when `eval_strategy`
+    is set) and the model (the SFT stage's output when that stage runs, else `model_name_or_path`).
+
+    Returns:
+        `tuple`: (train dataset, eval dataset or `None`, model path or Hub id).
+    """
+    from ..data import load_split, map_to_prompts
+
+    def load(split, max_samples=None):
+        dataset = load_split(
+            script_args.dataset_name,
+            split,
+            config=script_args.dataset_config,
+            data_files=script_args.dataset_data_files,
+            streaming=script_args.dataset_streaming,
+        )
+        return map_to_prompts(dataset, script_args, max_samples)
+
+    train_dataset = load(script_args.dataset_train_split, script_args.max_train_samples)
+    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
+    model = model_args.model_name_or_path
+    if script_args.has_sft_stage:
+        model = run_sft_stage(script_args, training_args, model_args)
+    return train_dataset, eval_dataset, model
+
+
+def _train_and_save(trainer, script_args: PLEScriptArguments, training_args):
+    """Train (resuming when asked), save to `output_dir`, push to the Hub when asked; returns the trainer."""
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.accelerator.print("Training completed.")
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.accelerator.print(f"Model pushed to the Hub in https://huggingface.co/{trainer.hub_model_id}.")
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers and the process group
+        trainer.end()
+    return trainer
 
 
 def main(script_args: PLEScriptArguments, training_args, model_args):
@@ -268,7 +304,6 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
     """
     from trl import get_peft_config, get_quantization_config
 
-    from ..data import load_split, map_to_prompts
     from ..rewards import RewardModelScorer, resolve_reward_funcs, reward_funcs_registry
     from ..trainer import PLETrainer
 
@@ -300,23 +335,7 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
             f"e.g. one of {sorted(reward_funcs_registry())}) or `--reward_classifier_name_or_path`."
         )
 
-    def load(split, max_samples=None):
-        dataset = load_split(
-            script_args.dataset_name,
-            split,
-            config=script_args.dataset_config,
-            data_files=script_args.dataset_data_files,
-            streaming=script_args.dataset_streaming,
-        )
-        return map_to_prompts(dataset, script_args, max_samples)
-
-    train_dataset = load(script_args.dataset_train_split, script_args.max_train_samples)
-    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
-
-    model = model_args.model_name_or_path
-    if script_args.has_sft_stage:
-        model = run_sft_stage(script_args, training_args, model_args)
-
+    train_dataset, eval_dataset, model = _prompts_and_start_model(script_args, training_args, model_args)
     trainer = PLETrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -326,16 +345,7 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.accelerator.print("Training completed.")
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-        trainer.accelerator.print(f"Model pushed to the Hub in https://huggingface.co/{trainer.hub_model_id}.")
-    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers and the process group
-        trainer.end()
-    return trainer
+    return _train_and_save(trainer, script_args, training_args)
 
 
 def run_seed_stage(script_args: PLEScriptArguments, training_args, model_args, model: str) -> str:
@@ -382,7 +392,6 @@ def main_spa(script_args: PLEScriptArguments, training_args, model_args):
     """
     from trl import get_peft_config, get_quantization_config
 
-    from ..data import load_split, map_to_prompts
     from ..spa_trainer import SPATrainer
 
     if script_args.reward_funcs or script_args.reward_classifier_name_or_path is not None:
@@ -392,21 +401,7 @@ def main_spa(script_args: PLEScriptArguments, training_args, model_args):
             "`--reward_source implicit`)."
         )
 
-    def load(split, max_samples=None):
-        dataset = load_split(
-            script_args.dataset_name,
-            split,
-            config=script_args.dataset_config,
-            data_files=script_args.dataset_data_files,
-            streaming=script_args.dataset_streaming,
-        )
-        return map_to_prompts(dataset, script_args, max_samples)
-
-    train_dataset = load(script_args.dataset_train_split, script_args.max_train_samples)
-    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
-    model = model_args.model_name_or_path
-    if script_args.has_sft_stage:
-        model = run_sft_stage(script_args, training_args, model_args)
+    train_dataset, eval_dataset, model = _prompts_and_start_model(script_args, training_args, model_args)
     ref_model = None
     if script_args.has_seed_stage:
         ref_model, model = model, run_seed_stage(script_args, training_args, model_args, model)
@@ -419,15 +414,7 @@ def main_spa(script_args: PLEScriptArguments, training_args, model_args):
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.accelerator.print("Training completed.")
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    if hasattr(trainer, "end"):
-        trainer.end()
-    return trainer
+    return _train_and_save(trainer, script_args, training_args)
 
 
 def _method_of(argv: list[str]) -> str:
