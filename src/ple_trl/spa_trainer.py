@@ -8,7 +8,6 @@ import textwrap
 import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
-from trl.data_utils import prepare_multimodal_messages
 from trl.trainer.utils import strip_images_from_messages, use_adapter
 
 from . import spa
@@ -157,28 +156,14 @@ class SPATrainer(PLETrainer):
                 )
         prompts = [example["prompt"] for example in inputs]
         images = self._dataset_images(inputs)
-        model_prompts = prompts
-        if images is not None:
-            model_prompts = [
-                prepare_multimodal_messages(prompt, images=image_list)
-                for prompt, image_list in zip(prompts, images, strict=True)
-            ]
+        model_prompts = self._with_images(prompts, images)
         if mode == "train":
             self._maybe_refresh_snapshot()
 
         # Two plain samples per prompt, in one generation call: the first samples, then the second samples.
         generated = self._generate(model_prompts + model_prompts)
         prompt_ids_list, completion_ids_list, completions = generated[0], generated[1], generated[3]
-        prompt_ids, prompt_mask = self._pad_ids(prompt_ids_list[:num_pairs], padding_side="left")
-        completion_ids, completion_mask = self._pad_ids(completion_ids_list, padding_side="right")
-        output = {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids.view(2, num_pairs, -1).transpose(0, 1),
-            "completion_mask": completion_mask.view(2, num_pairs, -1).transpose(0, 1),
-        }
-        if images is not None:
-            output.update(self._multimodal_forward_kwargs(model_prompts, images))
+        output = self._pair_batch(prompt_ids_list, completion_ids_list, model_prompts, images)
 
         # One forward of the snapshot gives both the DPO reference and, with `implicit_reward_judge="iteration"`,
         # the judge's log-probs.

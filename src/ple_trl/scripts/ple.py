@@ -172,6 +172,17 @@ class PLEScriptArguments(RewardArguments, DataArguments, ScriptArguments):
 
 # --- SFT stage -------------------------------------------------------------------------------------------------------
 
+# What a stage run before PLE or SPA (SFT, SPA's seed DPO) takes from the run's training arguments: the same batch
+# size, precision, logging, seed and model loading; its dataset, steps and learning rate are its own.
+_RUN_SETTINGS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "bf16", "fp16", "use_cpu",
+    "seed", "logging_steps", "report_to", "model_init_kwargs",
+)  # fmt: skip
+
+
+def _run_settings(training_args) -> dict:
+    return {name: getattr(training_args, name) for name in _RUN_SETTINGS}
+
 
 def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) -> str:
     """
@@ -179,7 +190,7 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
 
     The SFT run uses the PLE run's batch size, precision, logging, seed and LoRA settings (`--use_peft`), with its own
     dataset, steps and learning rate (`sft_*` arguments). A LoRA adapter is merged into the model before it is saved,
-    so     that PLE starts from a plain model (and trains a fresh adapter on it).
+    so that PLE starts from a plain model (and trains a fresh adapter on it).
 
     Args:
         script_args ([`PLEScriptArguments`]): the script arguments (`sft_*`).
@@ -220,17 +231,8 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
         num_train_epochs=1,
         learning_rate=script_args.sft_learning_rate,
         max_length=script_args.sft_max_length,
-        per_device_train_batch_size=training_args.per_device_train_batch_size,
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        gradient_checkpointing=training_args.gradient_checkpointing,
-        bf16=training_args.bf16,
-        fp16=training_args.fp16,
-        use_cpu=training_args.use_cpu,
-        seed=training_args.seed,
-        logging_steps=training_args.logging_steps,
-        report_to=training_args.report_to,
         save_strategy="no",
-        model_init_kwargs=training_args.model_init_kwargs,
+        **_run_settings(training_args),
     )
     trainer = SFTTrainer(
         model=model_args.model_name_or_path,
@@ -372,16 +374,7 @@ def run_seed_stage(script_args: PLEScriptArguments, training_args, model_args, m
         learning_rate=script_args.seed_learning_rate,
         beta=script_args.seed_beta,
         max_length=script_args.seed_max_length,
-        per_device_train_batch_size=training_args.per_device_train_batch_size,
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        gradient_checkpointing=training_args.gradient_checkpointing,
-        bf16=training_args.bf16,
-        fp16=training_args.fp16,
-        use_cpu=training_args.use_cpu,
-        seed=training_args.seed,
-        logging_steps=training_args.logging_steps,
-        report_to=training_args.report_to,
-        model_init_kwargs=training_args.model_init_kwargs,
+        **_run_settings(training_args),
     )
 
 
