@@ -1,5 +1,5 @@
-"""The embedded demo: demo model lookup/conversion, lexicon rewards, demo prompts, the pipeline on a tiny model, the plot
-and the `ple-trl` dispatcher."""
+"""The embedded demo: demo model lookup/conversion, lexicon rewards, demo prompts, the pipeline on a tiny model, the
+plot and the `ple-trl` dispatcher."""
 
 import importlib.metadata
 import json
@@ -214,7 +214,7 @@ def test_real_gguf_conversion_gives_a_loadable_chat_model(tmp_path):
     assert "Paris" in answer
 
 
-# --- the pipeline on a tiny model --------------------------------------------------------------------------------------
+# --- the pipeline on a tiny model ------------------------------------------------------------------------------------
 
 STEPS, PAIRS, HELDOUT = 3, 2, 4
 
@@ -227,9 +227,10 @@ def demo_run(tiny_model_path, tmp_path_factory):
     stale = out / "enhanced_labels.jsonl"
     stale.write_text('{"stale": true}\n')  # a previous run's audit log must not be appended to
     argv = [
-        "demo", "--model", tiny_model_path, "--output-dir", str(out), "--steps", str(STEPS), "--batch-size", str(PAIRS),
-        "--num-heldout", str(HELDOUT), "--max-completion-length", "6", "--num-train-prompts", "12",
-        "--steps-per-iteration", "1", "--seed", "0", "--measure-principled-after", "--threads", "1", "--quiet",
+        "demo", "--model", tiny_model_path, "--output-dir", str(out), "--steps", str(STEPS),
+        "--batch-size", str(PAIRS), "--num-heldout", str(HELDOUT), "--max-completion-length", "6",
+        "--num-train-prompts", "12", "--steps-per-iteration", "1", "--seed", "0", "--measure-principled-after",
+        "--threads", "1", "--quiet",
     ]  # fmt: skip
     import contextlib
     import io
@@ -303,7 +304,9 @@ def test_demo_results_hold_before_and_after(demo_run):
 
 
 def test_before_after_table_shows_before_after_and_change():
-    measured = lambda reward, positive: {"reward": reward, "positive_rate": positive, "profanity_rate": 0.0}  # noqa: E731
+    def measured(reward, positive):
+        return {"reward": reward, "positive_rate": positive, "profanity_rate": 0.0}
+
     table = before_after_table({
         "before": {"plain": measured(0.1, 0.4), "principled": measured(0.3, 0.7)},
         "after": {"plain": measured(0.45, 0.8)},

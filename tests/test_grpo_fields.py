@@ -150,7 +150,9 @@ def test_shuffle_dataset_orders_the_prompts(tmp_path, tiny_model_path, positivit
     assert sorted(orders[True]) == list(range(8)) and orders[True] != list(range(8))
 
 
-def test_trust_remote_code_reaches_the_reference_loaded_from_a_path(tmp_path, tiny_model_path, positivity, monkeypatch):
+def test_trust_remote_code_reaches_the_reference_loaded_from_a_path(
+    tmp_path, tiny_model_path, positivity, monkeypatch
+):
     import ple_trl.trainer as trainer_module
 
     loads = []

@@ -1,4 +1,5 @@
-"""What the stages run before PLE or SPA (the SFT stage, SPA's seed DPO stage) share: saving their model as a plain one.
+"""What the stages run before PLE or SPA (the SFT stage, SPA's seed DPO stage) share: saving their model as a plain
+one.
 
 Nothing heavy is imported here: the CLI imports the stage runners lazily, and `ple-trl --help` must stay fast.
 """
