@@ -1,5 +1,5 @@
-"""User errors on the command line print one message, not a traceback (`--debug` / `PLE_TRL_DEBUG=1` bring it back), and
-`--reward_funcs` imports without changing `sys.path`, so a local file cannot shadow an installed module."""
+"""User errors on the command line print one message, not a traceback (`--debug` / `PLE_TRL_DEBUG=1` bring it back),
+and `--reward_funcs` imports without changing `sys.path`, so a local file cannot shadow an installed module."""
 
 import json
 import os
@@ -96,7 +96,8 @@ REWARDS = "def my_reward(completions, **kwargs):\n    return [float(len(c)) for 
 
 @pytest.fixture
 def console_script_path(monkeypatch, tmp_path):
-    """Work in `tmp_path` with `sys.path` as the `ple-trl` console script has it: no entry for the current directory."""
+    """Work in `tmp_path` with `sys.path` as the `ple-trl` console script has it: no entry for the current
+    directory."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
     # `colorsys` (standard library, rarely imported) must be imported afresh for shadowing to be possible.

@@ -1,5 +1,5 @@
-"""The embedded demo: demo model lookup/conversion, lexicon rewards, demo prompts, the pipeline on a tiny model, the plot
-and the `ple-trl` dispatcher."""
+"""The embedded demo: demo model lookup/conversion, lexicon rewards, demo prompts, the pipeline on a tiny model, the
+plot and the `ple-trl` dispatcher."""
 
 import importlib.metadata
 import json
@@ -215,7 +215,7 @@ def test_real_gguf_conversion_gives_a_loadable_chat_model(tmp_path):
     assert "Paris" in answer
 
 
-# --- the pipeline on a tiny model --------------------------------------------------------------------------------------
+# --- the pipeline on a tiny model ------------------------------------------------------------------------------------
 
 STEPS, PAIRS, HELDOUT = 3, 2, 4
 
@@ -228,9 +228,10 @@ def demo_run(tiny_model_path, tmp_path_factory):
     stale = out / "enhanced_labels.jsonl"
     stale.write_text('{"stale": true}\n')  # a previous run's audit log must not be appended to
     argv = [
-        "demo", "--model", tiny_model_path, "--output-dir", str(out), "--steps", str(STEPS), "--batch-size", str(PAIRS),
-        "--num-heldout", str(HELDOUT), "--max-completion-length", "6", "--num-train-prompts", "12",
-        "--steps-per-iteration", "1", "--seed", "0", "--measure-principled-after", "--threads", "1", "--quiet",
+        "demo", "--model", tiny_model_path, "--output-dir", str(out), "--steps", str(STEPS),
+        "--batch-size", str(PAIRS), "--num-heldout", str(HELDOUT), "--max-completion-length", "6",
+        "--num-train-prompts", "12", "--steps-per-iteration", "1", "--seed", "0", "--measure-principled-after",
+        "--threads", "1", "--quiet",
     ]  # fmt: skip
     import contextlib
     import io

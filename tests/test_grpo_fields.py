@@ -150,7 +150,9 @@ def test_shuffle_dataset_orders_the_prompts(tmp_path, tiny_model_path, positivit
     assert sorted(orders[True]) == list(range(8)) and orders[True] != list(range(8))
 
 
-def test_trust_remote_code_reaches_the_reference_loaded_from_a_path(tmp_path, tiny_model_path, positivity, monkeypatch):
+def test_trust_remote_code_reaches_the_reference_loaded_from_a_path(
+    tmp_path, tiny_model_path, positivity, monkeypatch
+):
     import ple_trl.trainer as trainer_module
 
     loads = []
@@ -167,3 +169,39 @@ def test_trust_remote_code_reaches_the_reference_loaded_from_a_path(tmp_path, ti
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )  # fmt: skip
     assert [(path, kwargs.get("trust_remote_code")) for path, kwargs in loads] == [(tiny_model_path, True)]
+
+
+@pytest.mark.parametrize("unique", [False, True])
+def test_log_unique_prompts_drops_repeated_prompts_from_the_tracker_table(
+    tmp_path, tiny_model_path, positivity, monkeypatch, unique
+):
+    """The trainer honours `log_unique_prompts` (the ledger and the doc say so): the table sent to trackio keeps one
+    row per prompt, while the parquet file keeps every row."""
+    import types
+
+    import pandas as pd
+
+    assert "log_unique_prompts" in GRPO_FIELDS_HONOURED and "log_unique_prompts" not in GRPO_FIELDS_IGNORED
+    logged = []
+    trackio = types.SimpleNamespace(Table=lambda dataframe: dataframe, log=lambda data: logged.append(data))
+    monkeypatch.setitem(__import__("sys").modules, "trackio", trackio)
+    trainer = PLETrainer(
+        model=tiny_model_path, reward_funcs=positivity, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        args=make_args(
+            tmp_path, log_completions=True, log_unique_prompts=unique, num_completions_to_print=0,
+            per_device_train_batch_size=4,  # the rows of a round are kept: room for the three below
+        ),
+    )  # fmt: skip
+    trainer.args.report_to = ["trackio"]  # set after construction: trackio is not installed for transformers' check
+    trainer._completion_rows.extend(
+        {"prompt": prompt, "plain": plain, "principled": "ok"}
+        for prompt, plain in [("p1", "a"), ("p2", "b"), ("p1", "c")]
+    )
+    trainer._write_completions()
+    assert len(logged) == 1
+    table = logged[0]["completions"]
+    assert list(zip(table["prompt"], table["plain"])) == (
+        [("p1", "a"), ("p2", "b")] if unique else [("p1", "a"), ("p2", "b"), ("p1", "c")]
+    )
+    parquet = pd.read_parquet(tmp_path / "completions" / "completions_00000.parquet")
+    assert list(parquet["plain"]) == ["a", "b", "c"]

@@ -138,7 +138,8 @@ def test_empty_prompts_are_named_at_construction(tmp_path, tiny_model_path, posi
 def test_an_empty_prompt_in_a_stream_is_a_clear_error(tmp_path, tiny_model_path, positivity):
     rows = [{"prompt": "" if i == 1 else p} for i, p in enumerate(PROMPTS)]
     trainer = PLETrainer(
-        model=tiny_model_path, reward_funcs=positivity, train_dataset=IterableDataset.from_generator(lambda: iter(rows)),
+        model=tiny_model_path, reward_funcs=positivity,
+        train_dataset=IterableDataset.from_generator(lambda: iter(rows)),
         args=make_args(tmp_path, iteration_unit="steps", steps_per_iteration=1),
     )  # fmt: skip
     with pytest.raises(ValueError, match="empty or missing `prompt`: ''"):

@@ -98,7 +98,8 @@ def test_shared_prompt_under_lora(tmp_path, tiny_model_path):
     # init_lora_weights=False: B is not zero, so A's gradients are not zero either.
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     trainer = PLETrainer(
-        model=tiny_model_path, reward_funcs=by_position(0.0, 1.0), train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        model=tiny_model_path, reward_funcs=by_position(0.0, 1.0),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         args=make_args(tmp_path), peft_config=lora,
     )  # fmt: skip
     names = [name for name, p in trainer.model.named_parameters() if p.requires_grad]

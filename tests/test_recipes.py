@@ -1,6 +1,7 @@
-"""The recipes shipped in the package (`ple_trl/recipes/`, named `hh`, `imdb`, `tldr`): they carry the paper's settings, parse through the script's `TrlParser`, and
-each runs end to end (SFT stage, then two PLE steps) once its model, datasets and reward are swapped for local tiny
-ones. The recipe's own column mapping, prompt cutting, LoRA settings and principles are kept: they are what is tested.
+"""The recipes shipped in the package (`ple_trl/recipes/`, named `hh`, `imdb`, `tldr`): they carry the paper's
+settings, parse through the script's `TrlParser`, and each runs end to end (SFT stage, then two PLE steps) once its
+model, datasets and reward are swapped for local tiny ones. The recipe's own column mapping, prompt cutting, LoRA
+settings and principles are kept: they are what is tested.
 """
 
 import json

@@ -464,6 +464,17 @@ def test_spa_trainer_needs_spa_config(tmp_path, tiny_model_path):
         SPATrainer(model=tiny_model_path, args=args, train_dataset={"prompt": PROMPTS})
 
 
+def test_default_args_are_the_trainers_own_config(tmp_path):
+    """`args=None` gives the trainer's own config, named after the model and method; a wrong type names the fix."""
+    from trl import GRPOConfig
+
+    spa_args, ple_args = (cls._resolve_args("org/tiny-model", None) for cls in (SPATrainer, PLETrainer))
+    assert (type(spa_args), spa_args.output_dir, spa_args.temperature) == (SPAConfig, "tiny-model-SPA", 0.7)
+    assert (type(ple_args), ple_args.output_dir) == (PLEConfig, "tiny-model-PLE")
+    with pytest.raises(TypeError, match="`args` is a GRPOConfig; PLETrainer needs a `PLEConfig`"):
+        PLETrainer._resolve_args("org/tiny-model", GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False))
+
+
 # --- recipe and `ple-trl train --method spa` ------------------------------------------------------------------------
 
 RECIPE = recipe_path("spa")  # shipped in the package, like the PLE recipes

@@ -237,7 +237,9 @@ FORMATS = {
     "prompt": {"prompt": PROMPTS},
     "messages": {"messages": MESSAGES},
     "preference": {"prompt": PROMPTS, "chosen": ["good"] * 4, "rejected": ["bad"] * 4},
-    "implicit-preference": {"chosen": MESSAGES, "rejected": [[m[0], {"role": "assistant", "content": "bad"}] for m in MESSAGES]},
+    "implicit-preference": {
+        "chosen": MESSAGES, "rejected": [[m[0], {"role": "assistant", "content": "bad"}] for m in MESSAGES],
+    },
 }  # fmt: skip
 
 
@@ -321,7 +323,8 @@ def test_nan_and_none_rewards_skip_pairs_and_are_counted(tmp_path, tiny_model_pa
 
 
 def test_dpo_script_runs_after_renaming_the_class(tmp_path, tiny_model_path, positivity):
-    """What a DPOTrainer(model=..., args=..., train_dataset=..., processing_class=..., peft_config=...) script becomes."""
+    """What a `DPOTrainer(model=..., args=..., train_dataset=..., processing_class=..., peft_config=...)` script
+    becomes."""
     dataset = Dataset.from_dict(FORMATS["preference"])
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     trainer = PLETrainer(

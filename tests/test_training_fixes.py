@@ -94,7 +94,8 @@ def test_zscore_with_an_infinite_reward_skips_only_its_pair(tmp_path, tiny_model
 
 def test_rank_all_prefers_the_plain_answer_when_it_scored_higher(tmp_path, tiny_model_path):
     trainer = PLETrainer(
-        model=tiny_model_path, reward_funcs=by_position(1.0, 0.0), train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        model=tiny_model_path, reward_funcs=by_position(1.0, 0.0),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         args=make_args(tmp_path, max_steps=1, routing="rank_all", save_enhanced_labels=True),
     )  # fmt: skip
     trainer.train()
@@ -123,7 +124,8 @@ def test_ipo_reference_log_probs_are_per_token_means(tmp_path, tiny_model_path):
 @pytest.mark.parametrize("name", ["messages", "preference"])
 def test_evaluate_accepts_every_training_format(tmp_path, tiny_model_path, name):
     trainer = PLETrainer(
-        model=tiny_model_path, reward_funcs=by_position(0.0, 1.0), train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        model=tiny_model_path, reward_funcs=by_position(0.0, 1.0),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         args=make_args(tmp_path, per_device_eval_batch_size=2),
     )  # fmt: skip
     metrics = trainer.evaluate(eval_dataset=Dataset.from_dict(FORMATS[name]))

@@ -33,7 +33,8 @@ COMMANDS = {
     "eval": (
         "ple_trl.scripts.eval",
         "main",
-        "Answer a prompt set with a model (or two) and print the offline metrics (reward, win rate, BLEU, perplexity).",
+        "Answer a prompt set with a model (or two) and print the offline metrics (reward, win rate, BLEU, "
+        "perplexity).",
     ),
     "demo": ("ple_trl.demo", "main", "Run the offline demo on a small real model."),
     "plot": ("ple_trl.plotting", "main", "Plot a run's PLE curves (rewards, reward gap against tau, ranked pairs)."),

@@ -13,8 +13,8 @@ ITERATION_UNITS = ("epoch", "steps")
 REWARD_SOURCES = ("reward_funcs", "implicit")
 IMPLICIT_REWARD_JUDGES = ("iteration", "policy")
 
-# GRPO knobs that have no meaning in PLE (its advantage, clipping, importance sampling and entropy machinery), each with
-# the reason given to a user who sets one.
+# GRPO knobs that have no meaning in PLE (its advantage, clipping, importance sampling and entropy machinery), each
+# with the reason given to a user who sets one.
 GRPO_ONLY_FIELDS = {
     "loss_type": "PLE's loss is chosen with `ranking_loss_type` and `sft_weighting`",
     "epsilon": "PLE has no clipped policy ratio",
@@ -99,14 +99,15 @@ GRPO_FIELDS_HONOURED = {
     "log_completions": "PLE's completions table: prompt, plain and principled answers, both rewards, route, weight, "
     "tau (printed, and written to `output_dir/completions/*.parquet` and wandb/trackio)",
     "num_completions_to_print": "rows of PLE's completions table printed at each log",
+    "log_unique_prompts": "the completions table sent to wandb/trackio keeps the first row of each prompt (a prompt "
+    "the round holds twice, e.g. repeated in the dataset, is logged once); the printed table and the parquet files "
+    "keep every row",
     "log_completions_hub_repo": "the Hub dataset to which the completions tables are pushed, as in GRPO",
 }
 # Accepted and without effect, because they have no meaning for PLE's pairs. Kept tiny: prefer honouring or refusing.
 GRPO_FIELDS_IGNORED = {
     "log_multimodal": "PLE's completions table logs text only (prompt, both answers, rewards, route), so there are no "
     "images to include or leave out",
-    "log_unique_prompts": "GRPO uses it to drop the `num_generations` repeats of a prompt from its completions table; "
-    "PLE's table has one row per pair, so a prompt is never repeated within a round",
 }
 
 
@@ -171,19 +172,19 @@ class PLEConfig(GRPOConfig):
     Configuration class for the [`PLETrainer`], Progressively Label Enhancement (Liu, Xu & Geng, ICML 2025).
 
     Everything of [`~trl.GRPOConfig`] that concerns the model, generation (`max_completion_length`, `temperature`,
-    `top_p`, `use_vllm`, ...), reward functions (`reward_weights`) and training applies unchanged. GRPO's own loss knobs
-    (`loss_type`, `epsilon`, `scale_rewards`, importance sampling, entropy) have no meaning in PLE: setting one to a
-    non-default value raises an error instead of being silently ignored. `docs/grpo_config_fields.md` lists every
-    field of `GRPOConfig` with what PLE does with it (`GRPO_FIELDS_HONOURED`, `GRPO_ONLY_FIELDS`,
-    `GRPO_FIELDS_IGNORED` in this module).
+    `top_p`, `use_vllm`, ...), reward functions (`reward_weights`) and training applies unchanged. GRPO's own loss
+    knobs (`loss_type`, `epsilon`, `scale_rewards`, importance sampling, entropy) have no meaning in PLE: setting one
+    to a non-default value raises an error instead of being silently ignored. `docs/grpo_config_fields.md` lists every
+    field of `GRPOConfig` with what PLE does with it (`GRPO_FIELDS_HONOURED`, `GRPO_ONLY_FIELDS`, `GRPO_FIELDS_IGNORED`
+    in this module).
 
     Coming from [`~trl.DPOConfig`]/[`~trl.SFTConfig`]: their names are accepted too (`PLEConfig(**dpo_args.to_dict())`
     is no `TypeError`). DPO's `loss_type="sigmoid"`/`"ipo"` become `ranking_loss_type="dpo"`/`"ipo"`, `max_length` is
     accepted when `max_prompt_length + max_completion_length` stays within it, a DPO/SFT default or `None` is accepted
     for the others, and any other value is an error naming the PLE knob to use (`MIGRATED_FIELDS` in this module).
 
-    Batch semantics: `per_device_train_batch_size` counts **pairs**, i.e. prompts, as for a DPO user: each prompt gives a
-    plain and a principle-guided answer. `generation_batch_size` (or `steps_per_generation`) counts pairs too; as in
+    Batch semantics: `per_device_train_batch_size` counts **pairs**, i.e. prompts, as for a DPO user: each prompt gives
+    a plain and a principle-guided answer. `generation_batch_size` (or `steps_per_generation`) counts pairs too; as in
     GRPO, one generation round fills the buffer for `steps_per_generation` micro-steps and a pair is never split across
     micro-batches. `num_generations` is fixed at 2 (one plain, one principled answer).
 
@@ -195,8 +196,8 @@ class PLEConfig(GRPOConfig):
             A set of principles, none empty; each prompt gets one drawn at random (seeded by `seed`). Exclusive with
             `principle`.
         principle_template (`str`, *optional*, defaults to `"{principle}\n\n{prompt}"`):
-            How the principle is combined with a plain prompt, or with the last user turn of a chat prompt. Must contain
-            `{principle}` and `{prompt}`.
+            How the principle is combined with a plain prompt, or with the last user turn of a chat prompt. Must
+            contain `{principle}` and `{prompt}`.
         principle_placement (`str`, *optional*, defaults to `"user"`):
             For chat prompts: `"user"` rewrites the last user turn with `principle_template`; `"system"` puts the
             principle in a system message.
@@ -222,9 +223,9 @@ class PLEConfig(GRPOConfig):
             Rewards are put on tau's scale before routing: `"none"`, `"sigmoid"` or `"zscore"` (over the finite rewards
             of the round). A non-finite reward skips its pair, whatever the transform.
         routing (`str`, *optional*, defaults to `"threshold"`):
-            `"threshold"` is PLE. The ablations ignore `tau` and `gap_mode`: `"rank_all"` puts every pair in the ranking
-            loss, preferring the answer with the higher reward (the principled one on a tie), and `"wsft_all"` puts
-            every pair in the weighted SFT loss.
+            `"threshold"` is PLE. The ablations ignore `tau` and `gap_mode`: `"rank_all"` puts every pair in the
+            ranking loss, preferring the answer with the higher reward (the principled one on a tie), and `"wsft_all"`
+            puts every pair in the weighted SFT loss.
 
     Parameters that control the loss:
         ranking_loss_type (`str`, *optional*, defaults to `"sigmoid"`):
@@ -484,8 +485,8 @@ class PLEConfig(GRPOConfig):
         pointer = (
             "PLE's loss is a ranking loss on the pairs whose reward gap passes tau (`ranking_loss_type`, one of "
             f"{RANKING_LOSS_TYPES}: DPO's `'sigmoid'` is PLE's `'dpo'` and DPO's `'ipo'` is `'ipo'`, both with "
-            "`beta > 0`; PLE's `'sigmoid'` and `'hinge'` have no reference term) plus a weighted SFT (NLL) loss on the others "
-            "(`sft_weighting`, `wsft_coef`)"
+            "`beta > 0`; PLE's `'sigmoid'` and `'hinge'` have no reference term) plus a weighted SFT (NLL) loss on "
+            "the others (`sft_weighting`, `wsft_coef`)"
         )
         if len(names) != 1 or names[0] not in DPO_LOSS_TYPES:
             raise ValueError(
@@ -539,8 +540,8 @@ class PLEConfig(GRPOConfig):
             )
         if self.principle is not None and (not isinstance(self.principle, str) or not self.principle.strip()):
             raise ValueError(
-                f"`principle={self.principle!r}` is empty, so the principle-guided prompt would be the plain one. Give "
-                "a principle text, or leave `principle` unset and use `principles=[...]` or a `principle` column."
+                f"`principle={self.principle!r}` is empty, so the principle-guided prompt would be the plain one. "
+                "Give a principle text, or leave `principle` unset and use `principles=[...]` or a `principle` column."
             )
         if self.principles is not None and (
             not self.principles or not all(isinstance(p, str) and p.strip() for p in self.principles)
@@ -551,8 +552,8 @@ class PLEConfig(GRPOConfig):
             )
         if "{prompt}" not in self.principle_template:
             raise ValueError(
-                f"`principle_template={self.principle_template!r}` has no `{{prompt}}` placeholder, so the query would "
-                "be lost. Use e.g. '{principle}\\n\\n{prompt}'."
+                f"`principle_template={self.principle_template!r}` has no `{{prompt}}` placeholder, so the query "
+                "would be lost. Use e.g. '{principle}\\n\\n{prompt}'."
             )
         try:
             self.principle_template.format(principle="", prompt="")
@@ -565,8 +566,8 @@ class PLEConfig(GRPOConfig):
             principle="", prompt=""
         ):
             raise ValueError(
-                f"`principle_template={self.principle_template!r}` has no `{{principle}}` placeholder, so the principle "
-                "would be lost. Use e.g. '{principle}\\n\\n{prompt}'."
+                f"`principle_template={self.principle_template!r}` has no `{{principle}}` placeholder, so the "
+                "principle would be lost. Use e.g. '{principle}\\n\\n{prompt}'."
             )
         choices = {
             "principle_placement": PLACEMENTS,

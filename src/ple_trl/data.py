@@ -152,11 +152,11 @@ def prepare_prompt_dataset(dataset, argument: str = "train_dataset", principle_c
     """
     Turn a dataset as a user passes it into PLE's prompt dataset, and check every row of it up front.
 
-    Converts with [`as_dataset`] and [`to_prompt_dataset`], then, for a [`~datasets.Dataset`], refuses an empty dataset,
-    empty prompts (see [`prompt_is_empty`]) and `principle` values that are not text, and rows whose `principle` is
-    empty when no principle is configured to fall back on (rows that fall back are counted in a log message). An
-    [`~datasets.IterableDataset`] cannot be scanned ahead: only its first row is checked here, the trainer checks the
-    others as they come.
+    Converts with [`as_dataset`] and [`to_prompt_dataset`], then, for a [`~datasets.Dataset`], refuses an empty
+    dataset, empty prompts (see [`prompt_is_empty`]) and `principle` values that are not text, and rows whose
+    `principle` is empty when no principle is configured to fall back on (rows that fall back are counted in a log
+    message). An [`~datasets.IterableDataset`] cannot be scanned ahead: only its first row is checked here, the trainer
+    checks the others as they come.
 
     Args:
         dataset: the dataset as given (see [`as_dataset`]).
@@ -247,9 +247,9 @@ def check_generation_round(num_prompts: int, per_device_pairs: int, steps_per_ge
     leftover = num_prompts % round_size
     if leftover:
         logger.warning(
-            f"`train_dataset` has {num_prompts} prompts and a generation round takes {round_size}: each epoch trains on "
-            f"{num_prompts - leftover} of them and leaves {leftover} out (the sampler drops an incomplete round; with "
-            "shuffling, other prompts are left out in other epochs)."
+            f"`train_dataset` has {num_prompts} prompts and a generation round takes {round_size}: each epoch trains "
+            f"on {num_prompts - leftover} of them and leaves {leftover} out (the sampler drops an incomplete round; "
+            "with shuffling, other prompts are left out in other epochs)."
         )
 
 

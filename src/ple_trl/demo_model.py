@@ -57,8 +57,8 @@ def find_gguf_file(distribution: str = GGUF_DISTRIBUTION, filename: str = GGUF_F
         `pathlib.Path`: the absolute path of the file.
 
     Raises:
-        `FileNotFoundError`: when the distribution is not installed, or installed without the file. The message names the
-            install command.
+        `FileNotFoundError`: when the distribution is not installed, or installed without the file. The message names
+            the install command.
     """
     try:
         dist = importlib.metadata.distribution(distribution)

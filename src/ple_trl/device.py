@@ -179,8 +179,8 @@ def resolve_mixed_precision(
     | device | `bf16` unset (`None`) | `bf16=True` |
     |---|---|---|
     | accelerator with bf16 | bf16 (TRL's default) | bf16 |
-    | accelerator without bf16 (Ascend 910A, pre-Ampere GPU) | fp16, with a `PrecisionFallbackWarning` | fp16, with a `PrecisionFallbackWarning` |
-    | CPU (no accelerator, or `use_cpu`) | fp32 (logged at info level) | kept with `use_cpu=True` (CPU autocast); otherwise `ValueError` |
+    | accelerator without bf16 (Ascend 910A, pre-Ampere GPU) | fp16 + `PrecisionFallbackWarning` | the same |
+    | CPU (or `use_cpu`) | fp32 (info log) | kept with `use_cpu=True` (CPU autocast); else `ValueError` |
 
     `bf16=False` and an explicit `fp16` are always kept. `bf16=True` with `fp16=True` is a `ValueError`.
 

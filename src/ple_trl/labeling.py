@@ -98,11 +98,12 @@ def route_pairs(
     """
     Decide, for each pair, between the ranking loss and the weighted SFT loss.
 
-    With `routing="threshold"` (PLE), a pair is ranked when its gap is strictly greater than `tau`. With `"signed"` gaps
-    the principled answer is always the preferred one of a ranked pair; with `"absolute"` gaps the answer with the
-    higher reward is preferred. The two ablations ignore `tau` and `gap_mode`: `"rank_all"` ranks every pair, preferring
-    the answer with the higher reward (the principled one on a tie), so that it ranks what the reward says is better;
-    `"wsft_all"` ranks none. A pair with a non-finite reward is neither ranked nor valid: it is skipped for this round.
+    With `routing="threshold"` (PLE), a pair is ranked when its gap is strictly greater than `tau`. With `"signed"`
+    gaps the principled answer is always the preferred one of a ranked pair; with `"absolute"` gaps the answer with the
+    higher reward is preferred. The two ablations ignore `tau` and `gap_mode`: `"rank_all"` ranks every pair,
+    preferring the answer with the higher reward (the principled one on a tie), so that it ranks what the reward says
+    is better; `"wsft_all"` ranks none. A pair with a non-finite reward is neither ranked nor valid: it is skipped for
+    this round.
 
     Args:
         reward_plain (`torch.Tensor`): rewards of the plain answers, shape `(num_pairs,)`.

@@ -58,8 +58,8 @@ def load_curves(run_dir) -> dict[str, tuple[list[float], list[float]]]:
 
     Args:
         run_dir (`str` or `os.PathLike`):
-            A run's `output_dir`, a checkpoint folder, or a `trainer_state.json` file. A folder without one falls back to
-            its last `checkpoint-*`.
+            A run's `output_dir`, a checkpoint folder, or a `trainer_state.json` file. A folder without one falls back
+            to its last `checkpoint-*`.
 
     Returns:
         `dict[str, tuple[list[float], list[float]]]`: `(steps, values)` per key; NaN values are dropped.
@@ -94,8 +94,8 @@ def load_curves(run_dir) -> dict[str, tuple[list[float], list[float]]]:
                 curves[key][1].append(float(value))
     if not any(values for _, values in curves.values()):
         raise ValueError(
-            f"`{state_path}` has no PLE metric ({', '.join(CURVE_KEYS)}) in its `log_history`. Is it a PLETrainer run? "
-            "Were fewer steps run than `logging_steps`? Lower `logging_steps` (e.g. 1) to log every round."
+            f"`{state_path}` has no PLE metric ({', '.join(CURVE_KEYS)}) in its `log_history`. Is it a PLETrainer "
+            "run? Were fewer steps run than `logging_steps`? Lower `logging_steps` (e.g. 1) to log every round."
         )
     return curves
 

@@ -99,10 +99,10 @@ def truncate_pair(plain_ids: list[int], principled_ids: list[int], max_length: i
     """
     Truncate a plain prompt and its principle-guided version the same way, keeping the principle.
 
-    The plain prompt loses its first `len(plain_ids) - max_length` tokens (left truncation, as TRL does). The principled
-    prompt loses the *same* query tokens, not its own first tokens, which would cut the principle: the tokens both
-    prompts share at their start and at their end (the chat template's header, the query and the generation prompt)
-    are matched, and the principle in between is kept whole.
+    The plain prompt loses its first `len(plain_ids) - max_length` tokens (left truncation, as TRL does). The
+    principled prompt loses the *same* query tokens, not its own first tokens, which would cut the principle: the
+    tokens both prompts share at their start and at their end (the chat template's header, the query and the generation
+    prompt) are matched, and the principle in between is kept whole.
 
     Args:
         plain_ids (`list[int]`): token ids of the plain prompt.

@@ -8,12 +8,12 @@ import textwrap
 import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
-from trl.data_utils import prepare_multimodal_messages
 from trl.trainer.utils import strip_images_from_messages, use_adapter
 
 from . import spa
 from .config import SPAConfig
 from .data import prompt_is_empty
+from .stages import save_merged_model
 from .trainer import AUDIT_LOG_NAME, PLETrainer
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,11 @@ class SPATrainer(PLETrainer):
 
     _tag_names = ["trl", "spa"]
     _name = "SPA"
+    _config_class = SPAConfig
+    _config_hint = (
+        "SPATrainer needs an `SPAConfig` (SPA's knobs and defaults: temperature 0.7, beta 0.1, self-refinement). "
+        "Build one with the same model, generation and training fields."
+    )
     _uses_principles = False
     _completion_columns = ("prompt", "chosen", "rejected", "reward_chosen", "reward_rejected", "route")
     _paper = {
@@ -103,15 +108,6 @@ class SPATrainer(PLETrainer):
         ref_model=None,
         quantization_config=None,
     ):
-        if args is None:
-            model_name = model if isinstance(model, str) else model.config._name_or_path
-            args = SPAConfig(f"{(model_name or 'model').split('/')[-1]}-SPA")
-        elif not isinstance(args, SPAConfig):
-            raise TypeError(
-                f"`args` is a {type(args).__name__}; SPATrainer needs an `SPAConfig` (SPA's knobs and defaults: "
-                "temperature 0.7, beta 0.1, self-refinement). Build one with the same model, generation and training "
-                "fields."
-            )
         super().__init__(
             model=model,
             args=args,
@@ -124,6 +120,7 @@ class SPATrainer(PLETrainer):
             ref_model=ref_model,
             quantization_config=quantization_config,
         )
+        args = self.args  # `None` became SPA's defaults in `_resolve_args`
         self._margin_history = spa.MarginHistory(
             args.margin_history_size, args.confidence_quantile, per_pair=args.margin_history_per_pair
         )
@@ -159,28 +156,14 @@ class SPATrainer(PLETrainer):
                 )
         prompts = [example["prompt"] for example in inputs]
         images = self._dataset_images(inputs)
-        model_prompts = prompts
-        if images is not None:
-            model_prompts = [
-                prepare_multimodal_messages(prompt, images=image_list)
-                for prompt, image_list in zip(prompts, images, strict=True)
-            ]
+        model_prompts = self._with_images(prompts, images)
         if mode == "train":
             self._maybe_refresh_snapshot()
 
         # Two plain samples per prompt, in one generation call: the first samples, then the second samples.
         generated = self._generate(model_prompts + model_prompts)
         prompt_ids_list, completion_ids_list, completions = generated[0], generated[1], generated[3]
-        prompt_ids, prompt_mask = self._pad_ids(prompt_ids_list[:num_pairs], padding_side="left")
-        completion_ids, completion_mask = self._pad_ids(completion_ids_list, padding_side="right")
-        output = {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids.view(2, num_pairs, -1).transpose(0, 1),
-            "completion_mask": completion_mask.view(2, num_pairs, -1).transpose(0, 1),
-        }
-        if images is not None:
-            output.update(self._multimodal_forward_kwargs(model_prompts, images))
+        output = self._pair_batch(prompt_ids_list, completion_ids_list, model_prompts, images)
 
         # One forward of the snapshot gives both the DPO reference and, with `implicit_reward_judge="iteration"`,
         # the judge's log-probs.
@@ -431,13 +414,6 @@ def run_seed_dpo(model, train_dataset, output_dir: str, peft_config=None, proces
         peft_config=peft_config,
     )
     trainer.train()
-    seed_model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(seed_model, "merge_and_unload"):
-        seed_model = seed_model.merge_and_unload()
-    if trainer.accelerator.is_main_process:
-        seed_model.save_pretrained(output_dir)
-        trainer.processing_class.save_pretrained(output_dir)
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.print(f"SPA seed stage (DPO) done: model saved to {output_dir}.")
-    del trainer, seed_model
+    save_merged_model(trainer, output_dir, "SPA seed stage (DPO)")
+    del trainer
     return output_dir

@@ -210,8 +210,8 @@ class PLETrainer(GRPOTrainer):
     weighted by their rewards. Both answers are conditioned on the plain prompt, so the principle is distilled into
     the model's unguided behaviour. `tau` starts at `tau0` and decays by `alpha` every PLE iteration.
 
-    `PLETrainer` is a [`~trl.GRPOTrainer`]: model loading, PEFT, reward models and functions, generation (transformers or
-    vLLM), buffering across gradient accumulation, DeepSpeed/FSDP and NPU support are inherited. It overrides the
+    `PLETrainer` is a [`~trl.GRPOTrainer`]: model loading, PEFT, reward models and functions, generation (transformers
+    or vLLM), buffering across gradient accumulation, DeepSpeed/FSDP and NPU support are inherited. It overrides the
     sampling (`_generate_and_score_completions`) and the loss (`_compute_loss`).
 
     Logged metrics: PLE's `ple/*` (means over the logging window, except `ple/tau`, the threshold at the logged step)
@@ -291,6 +291,26 @@ class PLETrainer(GRPOTrainer):
             }"""),
     }
 
+    # What `args` must be, and what the error says when it is not: a subclass with its own config (SPA) sets both.
+    _config_class = PLEConfig
+    _config_hint = (
+        "PLETrainer needs a `PLEConfig`. Build one with the same fields, e.g. `PLEConfig(**your_args.to_dict())` "
+        "minus the fields of your former method."
+    )
+
+    @classmethod
+    def _resolve_args(cls, model, args):
+        """
+        The trainer's configuration: `args` when it is a `_config_class`; its defaults when `None`, saved to
+        `<model name>-<_name>` as TRL names its default `output_dir`; else a `TypeError` that says how to build one.
+        """
+        if args is None:
+            model_name = model if isinstance(model, str) else model.config._name_or_path
+            return cls._config_class(f"{(model_name or 'model').split('/')[-1]}-{cls._name}")
+        if not isinstance(args, cls._config_class):
+            raise TypeError(f"`args` is a {type(args).__name__}; {cls._config_hint}")
+        return args
+
     def __init__(
         self,
         model,
@@ -306,14 +326,7 @@ class PLETrainer(GRPOTrainer):
         ref_model=None,
         quantization_config=None,
     ):
-        if args is None:
-            model_name = model if isinstance(model, str) else model.config._name_or_path
-            args = PLEConfig(f"{(model_name or 'model').split('/')[-1]}-PLE")
-        elif not isinstance(args, PLEConfig):
-            raise TypeError(
-                f"`args` is a {type(args).__name__}; PLETrainer needs a `PLEConfig`. Build one with the same fields, "
-                "e.g. `PLEConfig(**your_args.to_dict())` minus the fields of your former method."
-            )
+        args = self._resolve_args(model, args)
         reward_funcs = (
             [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
         )
@@ -370,9 +383,10 @@ class PLETrainer(GRPOTrainer):
             if ref_model is model or any(id(p) in policy_parameters for p in ref_model.parameters()):
                 # Freezing the reference would freeze the policy: training would "succeed" with nothing trained.
                 raise ValueError(
-                    "`model` and `ref_model` cannot be the same object (or share parameters): the reference is frozen, "
-                    "so the policy would be too. Leave `ref_model=None` (PLE then makes a frozen copy of the initial "
-                    "policy, or uses the adapter-disabled model under PEFT), or pass a copy (`copy.deepcopy(model)`)."
+                    "`model` and `ref_model` cannot be the same object (or share parameters): the reference is "
+                    "frozen, so the policy would be too. Leave `ref_model=None` (PLE then makes a frozen copy of the "
+                    "initial policy, or uses the adapter-disabled model under PEFT), or pass a copy "
+                    "(`copy.deepcopy(model)`)."
                 )
         if ref_model is not None and args.beta == 0 and not implicit:
             raise ValueError(
@@ -603,30 +617,23 @@ class PLETrainer(GRPOTrainer):
         rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
         return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.nan, rewards), rewards_per_func
 
-    def _generate_and_score_completions(self, inputs):
-        mode = "train" if self.model.training else "eval"
-        num_pairs = len(inputs)
-        plain_prompts = [example["prompt"] for example in inputs]
-        principles = [self._principle_for(example) for example in inputs]
-        # With images, the model sees the plain prompt as GRPO builds it (the images as typed parts of the first user
-        # turn); its principled version wraps that, so both answers of a pair see the same images.
-        images = self._dataset_images(inputs)
-        model_prompts = plain_prompts
-        if images is not None:
-            model_prompts = [
-                prepare_multimodal_messages(prompt, images=image_list)
-                for prompt, image_list in zip(plain_prompts, images, strict=True)
-            ]
-        principled_prompts = [
-            wrap(prompt, principle, self.args.principle_template, self.args.principle_placement)
-            for prompt, principle in zip(model_prompts, principles, strict=True)
+    @staticmethod
+    def _with_images(prompts, images):
+        """The prompts as GRPO builds them for the model: with images, as typed parts of the first user turn."""
+        if images is None:
+            return prompts
+        return [
+            prepare_multimodal_messages(prompt, images=image_list)
+            for prompt, image_list in zip(prompts, images, strict=True)
         ]
 
-        # One generation call for both halves: plain answers first, principle-guided answers second.
-        prompt_ids_list, completion_ids_list, _, completions, _, _, _, _ = self._generate(
-            model_prompts + principled_prompts
-        )
-
+    def _pair_batch(self, prompt_ids_list, completion_ids_list, model_prompts, images):
+        """
+        A generation round laid out as pairs: the plain prompts (the first half of `prompt_ids_list`; both answers of a
+        pair are trained on the plain prompt) and the answers as `(pairs, 2, length)`, the first half of
+        `completion_ids_list` at index 0 and the second at index 1.
+        """
+        num_pairs = len(model_prompts)
         prompt_ids, prompt_mask = self._pad_ids(prompt_ids_list[:num_pairs], padding_side="left")
         completion_ids, completion_mask = self._pad_ids(completion_ids_list, padding_side="right")
         # (2 * pairs, length) -> (pairs, 2, length): a pair's answers travel together through shuffling and splitting.
@@ -638,6 +645,28 @@ class PLETrainer(GRPOTrainer):
         }
         if images is not None:
             output.update(self._multimodal_forward_kwargs(model_prompts, images))
+        return output
+
+    def _generate_and_score_completions(self, inputs):
+        mode = "train" if self.model.training else "eval"
+        num_pairs = len(inputs)
+        plain_prompts = [example["prompt"] for example in inputs]
+        principles = [self._principle_for(example) for example in inputs]
+        # With images, the model sees the plain prompt as GRPO builds it (the images as typed parts of the first user
+        # turn); its principled version wraps that, so both answers of a pair see the same images.
+        images = self._dataset_images(inputs)
+        model_prompts = self._with_images(plain_prompts, images)
+        principled_prompts = [
+            wrap(prompt, principle, self.args.principle_template, self.args.principle_placement)
+            for prompt, principle in zip(model_prompts, principles, strict=True)
+        ]
+
+        # One generation call for both halves: plain answers first, principle-guided answers second.
+        prompt_ids_list, completion_ids_list, _, completions, _, _, _, _ = self._generate(
+            model_prompts + principled_prompts
+        )
+
+        output = self._pair_batch(prompt_ids_list, completion_ids_list, model_prompts, images)
         # Both answers are scored against the plain prompt: the reward never sees the principle.
         if self.args.reward_source == "implicit":
             if mode == "train":

@@ -11,7 +11,8 @@ principle-guided answers of the same prompts in the same order (the reward never
 checks that layout and fails loudly if it changes.
 
 Each process writes `rewards_rank{r}.jsonl` (the rewards it computed for its own pairs, per step) and
-`log_rank{r}.json` (its `trainer.state.log_history`), `state_rank{r}.json` (its accelerate state); the main process also writes `enhanced_labels.jsonl`.
+`log_rank{r}.json` (its `trainer.state.log_history`), `state_rank{r}.json` (its accelerate state); the main process
+also writes `enhanced_labels.jsonl`.
 """
 
 import argparse

@@ -1,4 +1,5 @@
-"""Reward sources beyond TRL's, in TRL's reward-function signature `f(prompts, completions, **kwargs) -> list[float]`."""
+"""Reward sources beyond TRL's, in TRL's reward-function signature
+`f(prompts, completions, **kwargs) -> list[float]`."""
 
 from .lexicon import completion_text, profanity_penalty, vader_sentiment
 from .model import LeftTruncatingRewardModel, reward_model_max_length

@@ -36,8 +36,8 @@ def completion_text(completion) -> str:
     if isinstance(completion, (list, tuple)):
         return completion_text(completion[-1]) if completion else ""
     raise TypeError(
-        f"A completion must be a string or a list of `{{'role', 'content'}}` messages, got {type(completion).__name__}: "
-        f"{completion!r:.80}."
+        f"A completion must be a string or a list of `{{'role', 'content'}}` messages, got "
+        f"{type(completion).__name__}: {completion!r:.80}."
     )
 
 

@@ -172,6 +172,17 @@ class PLEScriptArguments(RewardArguments, DataArguments, ScriptArguments):
 
 # --- SFT stage -------------------------------------------------------------------------------------------------------
 
+# What a stage run before PLE or SPA (SFT, SPA's seed DPO) takes from the run's training arguments: the same batch
+# size, precision, logging, seed and model loading; its dataset, steps and learning rate are its own.
+_RUN_SETTINGS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "bf16", "fp16", "use_cpu",
+    "seed", "logging_steps", "report_to", "model_init_kwargs",
+)  # fmt: skip
+
+
+def _run_settings(training_args) -> dict:
+    return {name: getattr(training_args, name) for name in _RUN_SETTINGS}
+
 
 def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) -> str:
     """
@@ -179,7 +190,7 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
 
     The SFT run uses the PLE run's batch size, precision, logging, seed and LoRA settings (`--use_peft`), with its own
     dataset, steps and learning rate (`sft_*` arguments). A LoRA adapter is merged into the model before it is saved,
-    so     that PLE starts from a plain model (and trains a fresh adapter on it).
+    so that PLE starts from a plain model (and trains a fresh adapter on it).
 
     Args:
         script_args ([`PLEScriptArguments`]): the script arguments (`sft_*`).
@@ -192,6 +203,7 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
     from trl import SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
     from ..data import dataset_columns, load_split
+    from ..stages import save_merged_model
 
     output_dir = script_args.sft_output_dir or os.path.join(training_args.output_dir, "sft")
     dataset = load_split(
@@ -219,17 +231,8 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
         num_train_epochs=1,
         learning_rate=script_args.sft_learning_rate,
         max_length=script_args.sft_max_length,
-        per_device_train_batch_size=training_args.per_device_train_batch_size,
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        gradient_checkpointing=training_args.gradient_checkpointing,
-        bf16=training_args.bf16,
-        fp16=training_args.fp16,
-        use_cpu=training_args.use_cpu,
-        seed=training_args.seed,
-        logging_steps=training_args.logging_steps,
-        report_to=training_args.report_to,
         save_strategy="no",
-        model_init_kwargs=training_args.model_init_kwargs,
+        **_run_settings(training_args),
     )
     trainer = SFTTrainer(
         model=model_args.model_name_or_path,
@@ -239,19 +242,54 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
         quantization_config=get_quantization_config(model_args),
     )
     trainer.train()
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if trainer.accelerator.is_main_process:
-        model.save_pretrained(output_dir)
-        trainer.processing_class.save_pretrained(output_dir)
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.print(f"SFT stage done: model saved to {output_dir}.")
-    del trainer, model
+    save_merged_model(trainer, output_dir, "SFT stage")
+    del trainer
     return output_dir
 
 
 # --- main ------------------------------------------------------------------------------------------------------------
+
+
+def _prompts_and_start_model(script_args: PLEScriptArguments, training_args, model_args):
+    """
+    What `--method ple` and `--method spa` start from: the prompt datasets (`train`, and `test` when `eval_strategy`
+    is set) and the model (the SFT stage's output when that stage runs, else `model_name_or_path`).
+
+    Returns:
+        `tuple`: (train dataset, eval dataset or `None`, model path or Hub id).
+    """
+    from ..data import load_split, map_to_prompts
+
+    def load(split, max_samples=None):
+        dataset = load_split(
+            script_args.dataset_name,
+            split,
+            config=script_args.dataset_config,
+            data_files=script_args.dataset_data_files,
+            streaming=script_args.dataset_streaming,
+        )
+        return map_to_prompts(dataset, script_args, max_samples)
+
+    train_dataset = load(script_args.dataset_train_split, script_args.max_train_samples)
+    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
+    model = model_args.model_name_or_path
+    if script_args.has_sft_stage:
+        model = run_sft_stage(script_args, training_args, model_args)
+    return train_dataset, eval_dataset, model
+
+
+def _train_and_save(trainer, script_args: PLEScriptArguments, training_args):
+    """Train (resuming when asked), save to `output_dir`, push to the Hub when asked; returns the trainer."""
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.accelerator.print("Training completed.")
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.accelerator.print(f"Model pushed to the Hub in https://huggingface.co/{trainer.hub_model_id}.")
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers and the process group
+        trainer.end()
+    return trainer
 
 
 def main(script_args: PLEScriptArguments, training_args, model_args):
@@ -268,7 +306,6 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
     """
     from trl import get_peft_config, get_quantization_config
 
-    from ..data import load_split, map_to_prompts
     from ..rewards import RewardModelScorer, resolve_reward_funcs, reward_funcs_registry
     from ..trainer import PLETrainer
 
@@ -300,23 +337,7 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
             f"e.g. one of {sorted(reward_funcs_registry())}) or `--reward_classifier_name_or_path`."
         )
 
-    def load(split, max_samples=None):
-        dataset = load_split(
-            script_args.dataset_name,
-            split,
-            config=script_args.dataset_config,
-            data_files=script_args.dataset_data_files,
-            streaming=script_args.dataset_streaming,
-        )
-        return map_to_prompts(dataset, script_args, max_samples)
-
-    train_dataset = load(script_args.dataset_train_split, script_args.max_train_samples)
-    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
-
-    model = model_args.model_name_or_path
-    if script_args.has_sft_stage:
-        model = run_sft_stage(script_args, training_args, model_args)
-
+    train_dataset, eval_dataset, model = _prompts_and_start_model(script_args, training_args, model_args)
     trainer = PLETrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -326,16 +347,7 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.accelerator.print("Training completed.")
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-        trainer.accelerator.print(f"Model pushed to the Hub in https://huggingface.co/{trainer.hub_model_id}.")
-    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers and the process group
-        trainer.end()
-    return trainer
+    return _train_and_save(trainer, script_args, training_args)
 
 
 def run_seed_stage(script_args: PLEScriptArguments, training_args, model_args, model: str) -> str:
@@ -362,16 +374,7 @@ def run_seed_stage(script_args: PLEScriptArguments, training_args, model_args, m
         learning_rate=script_args.seed_learning_rate,
         beta=script_args.seed_beta,
         max_length=script_args.seed_max_length,
-        per_device_train_batch_size=training_args.per_device_train_batch_size,
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        gradient_checkpointing=training_args.gradient_checkpointing,
-        bf16=training_args.bf16,
-        fp16=training_args.fp16,
-        use_cpu=training_args.use_cpu,
-        seed=training_args.seed,
-        logging_steps=training_args.logging_steps,
-        report_to=training_args.report_to,
-        model_init_kwargs=training_args.model_init_kwargs,
+        **_run_settings(training_args),
     )
 
 
@@ -382,7 +385,6 @@ def main_spa(script_args: PLEScriptArguments, training_args, model_args):
     """
     from trl import get_peft_config, get_quantization_config
 
-    from ..data import load_split, map_to_prompts
     from ..spa_trainer import SPATrainer
 
     if script_args.reward_funcs or script_args.reward_classifier_name_or_path is not None:
@@ -392,21 +394,7 @@ def main_spa(script_args: PLEScriptArguments, training_args, model_args):
             "`--reward_source implicit`)."
         )
 
-    def load(split, max_samples=None):
-        dataset = load_split(
-            script_args.dataset_name,
-            split,
-            config=script_args.dataset_config,
-            data_files=script_args.dataset_data_files,
-            streaming=script_args.dataset_streaming,
-        )
-        return map_to_prompts(dataset, script_args, max_samples)
-
-    train_dataset = load(script_args.dataset_train_split, script_args.max_train_samples)
-    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
-    model = model_args.model_name_or_path
-    if script_args.has_sft_stage:
-        model = run_sft_stage(script_args, training_args, model_args)
+    train_dataset, eval_dataset, model = _prompts_and_start_model(script_args, training_args, model_args)
     ref_model = None
     if script_args.has_seed_stage:
         ref_model, model = model, run_seed_stage(script_args, training_args, model_args, model)
@@ -419,15 +407,7 @@ def main_spa(script_args: PLEScriptArguments, training_args, model_args):
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.accelerator.print("Training completed.")
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    if hasattr(trainer, "end"):
-        trainer.end()
-    return trainer
+    return _train_and_save(trainer, script_args, training_args)
 
 
 def _method_of(argv: list[str]) -> str:

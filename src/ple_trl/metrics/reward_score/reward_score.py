@@ -1,8 +1,9 @@
 # Copyright 2026 The ple-trl authors. Licensed under the Apache License, Version 2.0.
 """Reward score: the mean (and per-sample) reward of (prompt, completion) pairs under a reward function or model.
 
-This script is an `evaluate` module (its reward scoring lives in `ple_trl.metrics._scoring`): load it with `evaluate.load(<path of this folder>)`, or with
-`ple_trl.metrics.load("reward_score")`. It never touches the Hugging Face Hub.
+This script is an `evaluate` module (its reward scoring lives in `ple_trl.metrics._scoring`): load it with
+`evaluate.load(<path of this folder>)`, or with `ple_trl.metrics.load("reward_score")`. It never touches the Hugging
+Face Hub.
 """
 
 import math
