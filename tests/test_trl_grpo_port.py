@@ -39,10 +39,10 @@ from ple_trl import PLEConfig, PLETrainer
 from ple_trl.principles import wrap
 
 from conftest import POLICY_SPECIAL, WORDS, build_tiny_causal_lm, completion_text, make_word_tokenizer
+from helpers import PRINCIPLE, PROMPTS, logged, snapshot
+from helpers import make_args as tiny_make_args
 
-PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
 CHAT_PROMPTS = [[{"role": "user", "content": p}] for p in PROMPTS]
-PRINCIPLE = "be positive and kind"
 
 
 def lora():
@@ -50,34 +50,12 @@ def lora():
 
 
 def make_args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        principle=PRINCIPLE,
-        per_device_train_batch_size=2,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-    )
-    defaults.update(kwargs)
-    return PLEConfig(**defaults)
+    # Unlike the other tiny runs, these keep GRPO's default of gradient checkpointing on, as TRL's own tests do.
+    return tiny_make_args(tmp_path, **{"gradient_checkpointing": True, **kwargs})
 
 
 def word_count(completions, **kwargs):
     return [float(len(completion_text(c).split())) for c in completions]
-
-
-def logged(trainer, key):
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
-
-
-def snapshot(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def assert_trains(trainer, skip=()):
