@@ -13,22 +13,18 @@ from trl import GRPOConfig
 from ple_trl import PLEConfig, PLETrainer
 from ple_trl.config import GRPO_FIELDS_HONOURED, GRPO_FIELDS_IGNORED, GRPO_ONLY_FIELDS
 
+from helpers import PROMPTS
+from helpers import make_args as tiny_make_args
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "grpo_config_fields.md"
 TRAINING_ARGUMENTS = {f.name for f in dataclasses.fields(TrainingArguments)}
 GRPO_FIELDS = {f.name: f for f in dataclasses.fields(GRPOConfig) if f.name not in TRAINING_ARGUMENTS}
 PLE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PLEConfig)}
 TABLES = {"honoured": GRPO_FIELDS_HONOURED, "refused": GRPO_ONLY_FIELDS, "ignored": GRPO_FIELDS_IGNORED}
-PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
 
 
 def make_args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path), principle="be positive and kind", per_device_train_batch_size=2, max_steps=2,
-        max_completion_length=4, learning_rate=1e-2, logging_steps=1, bf16=False, gradient_checkpointing=False,
-        report_to="none", save_strategy="no", use_cpu=True, seed=0,
-    )  # fmt: skip
-    defaults.update(kwargs)
-    return PLEConfig(**defaults)
+    return tiny_make_args(tmp_path, **{"max_completion_length": 4, **kwargs})
 
 
 def test_every_grpo_field_is_classified_exactly_once():

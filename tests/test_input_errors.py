@@ -1,19 +1,19 @@
 """Bad input is refused early, with an error that names the argument, the bad value and the fix (issue 9: items 2, 3,
 10, 15, 16 and the trainer side of 17). Nothing here trains for more than one or two steps."""
 
-import json
 import logging
 import math
 import re
 
 import pytest
 from datasets import Dataset, DatasetDict, IterableDataset
-from test_trainer import PROMPTS, by_position, logged, make_args
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig
 
 from ple_trl import PLEConfig, PLETrainer
 from ple_trl.data import check_generation_round, prepare_prompt_dataset, prompt_is_empty
+
+from helpers import PROMPTS, by_position, logged, make_args, read_labels
 
 
 def make_config(**kwargs):
@@ -21,11 +21,6 @@ def make_config(**kwargs):
     kwargs.setdefault("report_to", "none")
     kwargs.setdefault("bf16", False)
     return PLEConfig(**kwargs)
-
-
-def read_labels(output_dir):
-    with open(output_dir / "enhanced_labels.jsonl") as f:
-        return [json.loads(line) for line in f]
 
 
 # --- item 2: the policy itself as its reference ------------------------------------------------------------------

@@ -12,34 +12,11 @@ import pytest
 from datasets import Dataset
 from trl import GRPOTrainer
 
-from ple_trl import PLEConfig, PLETrainer
+from ple_trl import PLETrainer
+
+from helpers import PROMPTS, logged, make_args
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
-PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
-
-
-def make_args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        principle="be positive and kind",
-        per_device_train_batch_size=2,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-    )
-    defaults.update(kwargs)
-    return PLEConfig(**defaults)
-
-
-def logged(trainer, key):
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
 
 
 def per_pair_reward(plain_values, principled_values, calls=None):

@@ -13,9 +13,10 @@ from conftest import NEGATIVE_WORDS, POSITIVE_WORDS, make_policy_tokenizer, posi
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from ple_trl import PLEConfig, PLETrainer
+from ple_trl import PLETrainer
 
-PRINCIPLE = "be positive and kind"
+from helpers import PRINCIPLE, make_args
+
 TOPICS = ["movie", "film", "book", "song", "day", "food", "city", "weather", "story"]
 PROMPTS = [f"tell me about the {topic} :" for topic in TOPICS]
 
@@ -77,11 +78,7 @@ def test_plain_prompt_reward_rises_after_ple(tmp_path, principle_following_model
     principled_before = mean_reward(model, tokenizer, [f"{PRINCIPLE}\n\n{p}" for p in PROMPTS])
     assert principled_before > plain_before + 0.3  # the fixture did its job: principled answers are better
 
-    args = PLEConfig(
-        output_dir=str(tmp_path), principle=PRINCIPLE, per_device_train_batch_size=9, max_completion_length=4,
-        max_steps=6, learning_rate=5e-3, logging_steps=1, bf16=False, gradient_checkpointing=False,
-        report_to="none", save_strategy="no", use_cpu=True, seed=0,
-    )  # fmt: skip
+    args = make_args(tmp_path, per_device_train_batch_size=9, max_completion_length=4, max_steps=6, learning_rate=5e-3)
     trainer = PLETrainer(
         model=principle_following_model,
         reward_funcs=positivity_reward,

@@ -8,10 +8,11 @@ import torch
 from conftest import make_policy_tokenizer
 from datasets import Dataset
 from peft import LoraConfig
-from test_trainer import PROMPTS, by_position, make_args
 from transformers import MistralConfig, MistralForCausalLM
 
 from ple_trl import PLETrainer
+
+from helpers import PROMPTS, by_position, make_args
 
 PAD = 0
 

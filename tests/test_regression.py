@@ -11,9 +11,10 @@ import os
 import pytest
 from datasets import Dataset
 
-from ple_trl import PLEConfig, PLETrainer
+from ple_trl import PLETrainer
 
-PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
+from helpers import PROMPTS, make_args
+
 # The principled answer beats the plain one (reward 0) by these gaps, pair by pair: with tau = 0.2, 0.1, 0.05, 0.025
 # the routing changes from step to step.
 GAPS = [0.3, 0.15, 0.075, 0.01]
@@ -52,23 +53,14 @@ RECORDED = {
 
 
 def run(tmp_path, model_path, **overrides):
-    args = PLEConfig(
-        output_dir=str(tmp_path),
-        principle="be positive and kind",
-        per_device_train_batch_size=2,
-        max_completion_length=6,
+    args = make_args(
+        tmp_path,
         max_steps=4,
-        learning_rate=1e-2,
-        logging_steps=1,
         tau0=0.2,
         alpha=0.5,
         iteration_unit="steps",
         steps_per_iteration=1,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
+        gradient_checkpointing=True,  # GRPO's default, under which the values were recorded
         **overrides,
     )
     trainer = PLETrainer(

@@ -18,34 +18,18 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 import ple_trl
-from ple_trl import PLEConfig, PLETrainer
+from ple_trl import PLETrainer
+
+from helpers import KILL_RESUME_RUN, read_labels, tiny_args
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ple_kill_resume.py")
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
 PROMPTS = [f"tell me about the movie {n} :" for n in NUMBERS]
-PRINCIPLES = ["be positive", "be kind", "be very short"]
 
 
 def make_args(output_dir, **kwargs):
-    defaults = dict(
-        output_dir=str(output_dir),
-        principles=PRINCIPLES,
-        per_device_train_batch_size=2,
-        max_completion_length=4,
-        max_steps=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=2,
-        save_enhanced_labels=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-    )
-    defaults.update(kwargs)
-    return PLEConfig(**defaults)
+    # The script's run, 4 steps long.
+    return tiny_args(output_dir, **{**KILL_RESUME_RUN, "max_steps": 4, **kwargs})
 
 
 def make_trainer(model_path, reward, output_dir, prompts=PROMPTS, **kwargs):
@@ -57,15 +41,10 @@ def make_trainer(model_path, reward, output_dir, prompts=PROMPTS, **kwargs):
     )
 
 
-def audit_log(output_dir):
-    with open(os.path.join(output_dir, "enhanced_labels.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def test_a_fresh_run_starts_a_fresh_audit_log(tmp_path, tiny_model_path, positivity):
     (tmp_path / "enhanced_labels.jsonl").write_text('{"step": 0, "prompt": "stale"}\n' * 3)
     make_trainer(tiny_model_path, positivity, tmp_path, max_steps=1, save_strategy="no").train()
-    records = audit_log(tmp_path)
+    records = read_labels(tmp_path)
     assert len(records) == 2  # the two pairs of this run's one step
     assert all(record["prompt"] in PROMPTS for record in records)
 
@@ -73,7 +52,7 @@ def test_a_fresh_run_starts_a_fresh_audit_log(tmp_path, tiny_model_path, positiv
 def test_resuming_a_finished_run_leaves_one_record_per_trained_pair(tmp_path, tiny_model_path, positivity):
     # 8 prompts, 2 pairs per step: the resume at step 2 is inside the first epoch
     make_trainer(tiny_model_path, positivity, tmp_path).train()
-    first = audit_log(tmp_path)
+    first = read_labels(tmp_path)
     assert [record["step"] for record in first] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert len({record["principle"] for record in first}) > 1  # the principles are drawn, not fixed
 
@@ -82,7 +61,7 @@ def test_resuming_a_finished_run_leaves_one_record_per_trained_pair(tmp_path, ti
     make_trainer(tiny_model_path, positivity, tmp_path).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     # steps 2-3 were dropped and generated again: with the principle draws, prompt order and sampling restored, the
     # same records come back
-    assert audit_log(tmp_path) == first
+    assert read_labels(tmp_path) == first
 
 
 def test_resume_inside_a_later_epoch_is_bit_identical(tmp_path, tiny_model_path, positivity):
@@ -92,7 +71,7 @@ def test_resume_inside_a_later_epoch_is_bit_identical(tmp_path, tiny_model_path,
     full.train()
     resumed = make_trainer(tiny_model_path, positivity, tmp_path / "resumed", prompts=prompts, max_steps=6)
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
-    assert audit_log(tmp_path / "resumed") == audit_log(tmp_path / "full")[8:]  # steps 4 and 5
+    assert read_labels(tmp_path / "resumed") == read_labels(tmp_path / "full")[8:]  # steps 4 and 5
     for (name, param), (_, other) in zip(full.model.named_parameters(), resumed.model.named_parameters(), strict=True):
         assert torch.equal(param, other), name
 
@@ -134,17 +113,17 @@ def test_kill_9_and_resume_continue_the_run_exactly(tmp_path, tiny_model_path):
     killed = run_script(tiny_model_path, tmp_path / "run", "--kill_at_step", "4")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert os.path.isdir(tmp_path / "run" / "checkpoint-4") and not os.path.exists(tmp_path / "run" / "checkpoint-6")
-    assert len(audit_log(tmp_path / "run")) == 8  # steps 0-3, two pairs each
+    assert len(read_labels(tmp_path / "run")) == 8  # steps 0-3, two pairs each
     resumed = run_script(tiny_model_path, tmp_path / "run", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    expected = audit_log(tmp_path / "full")
+    expected = read_labels(tmp_path / "full")
     # 4 prompts, 2 pairs per step: 2 steps per epoch, one tau decay per epoch; the kill is at an epoch boundary
     assert [(r["step"], r["tau"]) for r in expected] == [
         (step, pytest.approx(0.2 * 0.9 ** (step // 2))) for step in range(6) for _ in range(2)
     ]
     assert len({r["principle"] for r in expected}) > 1
-    records = audit_log(tmp_path / "run")
+    records = read_labels(tmp_path / "run")
     key = ("step", "tau", "prompt", "principle")
     assert [[r[k] for k in key] for r in records] == [[r[k] for k in key] for r in expected]
     assert records == expected  # answers and rewards too: the resumed run is the run it would have been
@@ -195,7 +174,7 @@ def test_resume_skips_an_incomplete_last_checkpoint(tmp_path, tiny_model_path, p
         resumed.train(resume_from_checkpoint=True)
     assert any(str(incomplete) in r.getMessage() and "incomplete" in r.getMessage() for r in caplog.records)
     assert resumed.state.global_step == 3
-    assert [record["step"] for record in audit_log(tmp_path)] == [0, 0, 1, 1, 2, 2]
+    assert [record["step"] for record in read_labels(tmp_path)] == [0, 0, 1, 1, 2, 2]
 
 
 def test_resume_with_no_complete_checkpoint_starts_afresh(tmp_path, tiny_model_path, positivity, caplog):

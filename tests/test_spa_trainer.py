@@ -17,9 +17,12 @@ from ple_trl.scripts.launch import recipe_path
 from ple_trl.trainer import AUDIT_LOG_NAME, PLE_STATE_NAME, SNAPSHOT_NAME
 
 from conftest import build_tiny_causal_lm
+from helpers import make_args, snapshot_all, tiny_args
 
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
 PROMPTS = [f"tell me about the movie {n} :" for n in NUMBERS[:4]]
+# 4 steps of 4-token answers, in iterations of 2 steps.
+SPA_RUN = dict(max_completion_length=4, max_steps=4, iteration_unit="steps", steps_per_iteration=2)
 
 
 @pytest.fixture(scope="module")
@@ -29,24 +32,7 @@ def init_model_path(tmp_path_factory):
 
 
 def spa_args(output_dir, **kwargs):
-    defaults = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=2,
-        max_completion_length=4,
-        max_steps=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        iteration_unit="steps",
-        steps_per_iteration=2,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-    )
-    defaults.update(kwargs)
-    return SPAConfig(**defaults)
+    return tiny_args(output_dir, SPAConfig, **{**SPA_RUN, **kwargs})
 
 
 def spa_trainer(model, output_dir, prompts=PROMPTS, trainer_class=SPATrainer, trainer_kwargs=None, **kwargs):
@@ -86,10 +72,6 @@ def direct_logps(model_path, prompt, answer):
     with torch.no_grad():
         logps = model(ids).logits.log_softmax(-1)[0, len(prompt) - 1 : -1]
     return logps.gather(-1, torch.tensor(answer)[:, None]).squeeze(-1)
-
-
-def parameters(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def test_public_imports():
@@ -286,8 +268,8 @@ class RecordingSPATrainer(SPATrainer):
             }
             current = {n: p.detach().clone() for n, p in policy.named_parameters() if ".default." in n}
         else:
-            snapshot = parameters(self._snapshot_model)
-            current = parameters(policy)
+            snapshot = snapshot_all(self._snapshot_model)
+            current = snapshot_all(policy)
         self.records.append((self.state.global_step, snapshot, current))
 
 
@@ -366,9 +348,9 @@ def test_spa_end_to_end_no_reward(tmp_path, tiny_model_path, init_model_path):
     trainer = spa_trainer(
         tiny_model_path, tmp_path, save_enhanced_labels=True, trainer_kwargs={"ref_model": init_model_path}
     )
-    before = parameters(trainer.model)
+    before = snapshot_all(trainer.model)
     trainer.train()
-    after = parameters(trainer.model)
+    after = snapshot_all(trainer.model)
     trainable = [name for name, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all(not torch.equal(before[name], after[name]) for name in trainable)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -388,28 +370,11 @@ def test_spa_end_to_end_no_reward(tmp_path, tiny_model_path, init_model_path):
 
 
 def test_ple_with_implicit_reward_trains_without_reward_function(tmp_path, tiny_model_path):
-    args = PLEConfig(
-        output_dir=str(tmp_path),
-        principle="be positive and kind",
-        reward_source="implicit",
-        per_device_train_batch_size=2,
-        max_completion_length=4,
-        max_steps=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        iteration_unit="steps",
-        steps_per_iteration=2,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-    )
+    args = make_args(tmp_path, reward_source="implicit", **SPA_RUN)
     trainer = PLETrainer(model=tiny_model_path, args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
-    before = parameters(trainer.model)
+    before = snapshot_all(trainer.model)
     trainer.train()
-    after = parameters(trainer.model)
+    after = snapshot_all(trainer.model)
     assert all(not torch.equal(before[name], after[name]) for name in before)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 4 and all("rewards/implicit_reward/mean" in entry for entry in logs)

@@ -9,54 +9,11 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOTrainer
 
-from ple_trl import PLEConfig, PLETrainer
+from ple_trl import PLETrainer
 
-PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
+from helpers import PROMPTS, assert_all_changed, by_position, logged, make_args, snapshot
+
 CHAT_PROMPTS = [[{"role": "user", "content": p}] for p in PROMPTS]
-
-
-def make_args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        principle="be positive and kind",
-        per_device_train_batch_size=2,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-    )
-    defaults.update(kwargs)
-    return PLEConfig(**defaults)
-
-
-def by_position(plain_value, principled_value):
-    """A reward with a known gap: PLE scores the plain answers first, then the principled ones, in one call."""
-
-    def reward(prompts, completions, **kwargs):
-        half = len(completions) // 2
-        return [plain_value] * half + [principled_value] * half
-
-    return reward
-
-
-def logged(trainer, key):
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
-
-
-def snapshot(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def assert_all_changed(trainer, before):
-    for name, param in trainer.model.named_parameters():
-        if name in before:
-            assert not torch.equal(param, before[name]), f"{name} did not change"
 
 
 def test_is_a_grpo_trainer():

@@ -1,27 +1,19 @@
 """Training that crashed or trained the wrong thing (issue 9: items 1, 6, 7, 8, 9, 11), on tiny models."""
 
 import inspect
-import json
 import math
 
 import pytest
 import torch
 from datasets import Dataset
-from test_trainer import FORMATS, PROMPTS, by_position, logged, make_args, snapshot
+from test_trainer import FORMATS
 from transformers import Trainer
 
 from ple_trl import PLETrainer
 
+from helpers import PROMPTS, by_position, logged, make_args, read_labels, snapshot, snapshot_all
+
 SIX_PROMPTS = PROMPTS + ["tell me a story .", "hello friend , how is the weather ?"]
-
-
-def read_labels(output_dir):
-    with open(output_dir / "enhanced_labels.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
-def snapshot_all(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 # --- item 1: beta > 0 with the policy given as a path ------------------------------------------------------------

@@ -39,10 +39,10 @@ from ple_trl import PLEConfig, PLETrainer
 from ple_trl.principles import wrap
 
 from conftest import POLICY_SPECIAL, WORDS, build_tiny_causal_lm, completion_text, make_word_tokenizer
+from helpers import PRINCIPLE, PROMPTS, logged, snapshot
+from helpers import make_args as tiny_make_args
 
-PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
 CHAT_PROMPTS = [[{"role": "user", "content": p}] for p in PROMPTS]
-PRINCIPLE = "be positive and kind"
 
 
 def lora():
@@ -50,34 +50,12 @@ def lora():
 
 
 def make_args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        principle=PRINCIPLE,
-        per_device_train_batch_size=2,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-    )
-    defaults.update(kwargs)
-    return PLEConfig(**defaults)
+    # Unlike the other tiny runs, these keep GRPO's default of gradient checkpointing on, as TRL's own tests do.
+    return tiny_make_args(tmp_path, **{"gradient_checkpointing": True, **kwargs})
 
 
 def word_count(completions, **kwargs):
     return [float(len(completion_text(c).split())) for c in completions]
-
-
-def logged(trainer, key):
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
-
-
-def snapshot(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def assert_trains(trainer, skip=()):
@@ -94,6 +72,17 @@ def assert_trains(trainer, skip=()):
     ]
     assert not unchanged, f"parameters that did not change: {unchanged}"
 
+
+
+def spy_logps(trainer, monkeypatch, record):
+    """Make every log-prob forward of `trainer` call `record(input_ids, kwargs)` first (for the VLM cases)."""
+    logps = trainer._get_per_token_logps_and_entropies
+
+    def spy(model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        record(input_ids, kwargs)
+        return logps(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", spy)
 
 
 def count_rounds(trainer, monkeypatch):
@@ -618,14 +607,10 @@ def test_training_vlm_images_reach_generation_and_the_loss(tmp_path, tiny_vlm_pa
         generated.append((kwargs["input_ids"], kwargs.get("pixel_values")))
         return generate(*args, **kwargs)
 
-    logps = trainer._get_per_token_logps_and_entropies
-
-    def spy_logps(model, input_ids, attention_mask, logits_to_keep, **kwargs):
-        forwards.append((input_ids, kwargs.get("pixel_values"), kwargs.get("num_images")))
-        return logps(model, input_ids, attention_mask, logits_to_keep, **kwargs)
-
     monkeypatch.setattr(trainer.model, "generate", spy_generate)
-    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", spy_logps)
+    spy_logps(
+        trainer, monkeypatch, lambda ids, kw: forwards.append((ids, kw.get("pixel_values"), kw.get("num_images")))
+    )
     # Every parameter moves, the vision tower's included, but CLIP's final layer norm, which LLaVA never uses (it takes
     # the last hidden state before it; TRL's VLM tests skip it too).
     assert_trains(trainer, skip=("post_layernorm",))
@@ -671,13 +656,7 @@ def test_vlm_pair_keeps_its_image_through_shuffling_and_grad_accumulation(tmp_pa
         pixels = processor.image_processor(Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), colour), return_tensors="pt")
         expected[processor.tokenizer.convert_tokens_to_ids(name)] = pixels["pixel_values"][0]
     seen = []
-    logps = trainer._get_per_token_logps_and_entropies
-
-    def spy_logps(model, input_ids, attention_mask, logits_to_keep, **kwargs):
-        seen.append((input_ids, kwargs["pixel_values"]))
-        return logps(model, input_ids, attention_mask, logits_to_keep, **kwargs)
-
-    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", spy_logps)
+    spy_logps(trainer, monkeypatch, lambda ids, kw: seen.append((ids, kw["pixel_values"])))
     trainer.train()
     assert len(seen) == 2
     rows = 0
@@ -729,13 +708,7 @@ def test_vlm_reference_forward_sees_the_images(tmp_path, tiny_vlm_path, monkeypa
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     calls = []
-    logps = trainer._get_per_token_logps_and_entropies
-
-    def spy_logps(model, input_ids, attention_mask, logits_to_keep, **kwargs):
-        calls.append(kwargs.get("pixel_values"))
-        return logps(model, input_ids, attention_mask, logits_to_keep, **kwargs)
-
-    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", spy_logps)
+    spy_logps(trainer, monkeypatch, lambda ids, kw: calls.append(kw.get("pixel_values")))
     assert_trains(trainer)  # 2 steps: LoRA's A matrices get a gradient once B has left zero
     assert len(calls) == 4  # per step: the reference (adapter disabled) at sampling, then the policy in the loss
     assert all(pixel_values is not None and pixel_values.size(0) == 4 for pixel_values in calls)
@@ -750,13 +723,7 @@ def test_vlm_evaluate_sees_the_images(tmp_path, tiny_vlm_path, monkeypatch):
         eval_dataset=image_dataset("images"),
     )
     calls = []
-    logps = trainer._get_per_token_logps_and_entropies
-
-    def spy_logps(model, input_ids, attention_mask, logits_to_keep, **kwargs):
-        calls.append(kwargs.get("num_images"))
-        return logps(model, input_ids, attention_mask, logits_to_keep, **kwargs)
-
-    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", spy_logps)
+    spy_logps(trainer, monkeypatch, lambda ids, kw: calls.append(kw.get("num_images")))
     metrics = trainer.evaluate()
     assert math.isfinite(metrics["eval_loss"])
     assert calls == [[1, 1, 1, 1], [1, 1, 1, 1]]  # 4 eval prompts in 2 batches of 2 pairs, one image per answer

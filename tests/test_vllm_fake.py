@@ -13,10 +13,11 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from ple_trl import PLEConfig, PLETrainer
+from ple_trl import PLETrainer
 from ple_trl.principles import wrap
 
-PRINCIPLE = "be positive and kind"
+from helpers import PRINCIPLE, make_args
+
 PROMPTS = [
     "write a review of the movie :",
     "tell me about your day :",
@@ -59,20 +60,8 @@ class FakeVLLMGeneration:
 @pytest.mark.parametrize("mode", ["server", "colocate"])
 def test_vllm_path_sends_each_plain_and_principled_prompt_once(tiny_model_path, positivity, tmp_path, mode):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    args = PLEConfig(
-        output_dir=str(tmp_path),
-        principle=PRINCIPLE,
-        per_device_train_batch_size=3,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-    )
+    # GRPO's default of gradient checkpointing (on), which this test was written under
+    args = make_args(tmp_path, per_device_train_batch_size=3, gradient_checkpointing=True)
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=positivity,

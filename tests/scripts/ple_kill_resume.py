@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import warnings
 
 warnings.simplefilter("ignore", FutureWarning)
@@ -21,7 +22,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
-PRINCIPLES = ["be positive", "be kind", "be very short"]
 POSITIVE = {"good", "great", "kind", "happy", "warm", "nice"}
 
 
@@ -37,7 +37,11 @@ def main():
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from ple_trl import PLEConfig, PLETrainer
+    from ple_trl import PLETrainer
+
+    # Run as a script: `tests/` (for the run config it shares with `tests/test_resume.py`) is not on the path.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from helpers import KILL_RESUME_RUN, tiny_args
 
     torch.set_num_threads(1)
     order_path = os.path.join(cli.output_dir, "prompt_order.jsonl")
@@ -53,23 +57,7 @@ def main():
             if state.global_step == cli.kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    args = PLEConfig(
-        output_dir=cli.output_dir,
-        principles=PRINCIPLES,
-        per_device_train_batch_size=2,
-        max_completion_length=4,
-        max_steps=6,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=2,
-        save_enhanced_labels=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-    )
+    args = tiny_args(cli.output_dir, **KILL_RESUME_RUN, max_steps=6)
     trainer = PLETrainer(
         model=cli.model,
         reward_funcs=positivity,
