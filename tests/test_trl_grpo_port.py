@@ -21,7 +21,6 @@ from transformers import (
     AutoTokenizer,
     CLIPImageProcessor,
     CLIPVisionConfig,
-    LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
@@ -38,7 +37,14 @@ from trl.trainer.utils import (
 from ple_trl import PLEConfig, PLETrainer
 from ple_trl.principles import wrap
 
-from conftest import POLICY_SPECIAL, WORDS, build_tiny_causal_lm, completion_text, make_word_tokenizer
+from conftest import (
+    POLICY_SPECIAL,
+    WORDS,
+    build_tiny_causal_lm,
+    completion_text,
+    make_word_tokenizer,
+    tiny_llama_config,
+)
 from helpers import PRINCIPLE, PROMPTS, logged, snapshot
 from helpers import make_args as tiny_make_args
 
@@ -478,15 +484,8 @@ def tiny_vlm_path(tmp_path_factory):
             patch_size=PATCH_SIZE,
             projection_dim=16,
         ),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
+        text_config=tiny_llama_config(
+            len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
