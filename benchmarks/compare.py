@@ -47,7 +47,6 @@ METHODS = (
     "base", "base_prompted", "ple", "ple_anchored", "grpo", "online_dpo", "raft", "context_distillation", "spa",
 )  # fmt: skip
 UNTRAINED = ("base", "base_prompted")
-POLITE_PRINCIPLE = "Answer politely and respectfully, with no insults or swear words, even if asked."
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 # Each method's own default learning rate ("default" in --lrs): the demo's for PLE and SPA, TRL's config defaults for
 # the others (tuned there for full fine-tuning, so tiny for a LoRA adapter: hence the sweep).
@@ -112,12 +111,13 @@ class Task:
 
 def build_tasks() -> dict[str, Task]:
     from ple_trl.demo import DEMO_PRINCIPLE, DEMO_PROMPTS_PATH
+    from ple_trl.principles import PRINCIPLES
     from ple_trl.rewards import profanity_penalty, vader_sentiment
 
     return {
         "warm": Task("warm", DEMO_PROMPTS_PATH, DEMO_PRINCIPLE, [vader_sentiment, profanity_penalty], [1.0, 1.0],
                      afinn_per_word, "AFINN/word"),  # fmt: skip
-        "polite": Task("polite", DEMO_PROMPTS_PATH.parent / "polite_prompts.jsonl", POLITE_PRINCIPLE,
+        "polite": Task("polite", DEMO_PROMPTS_PATH.parent / "polite_prompts.jsonl", PRINCIPLES["polite"][0],
                        [profanity_penalty, vader_sentiment], [1.0, 1.0], clean_probability,
                        "1-P(offensive)"),  # fmt: skip
     }
@@ -448,6 +448,9 @@ def run_cell(ctx, task, method, lr, seed, base_answers) -> dict:
 # The settings a finished cell must share with this run to be reused instead of rerun.
 RESUME_KEYS = ("model_path", "steps", "pairs", "max_completion_length", "temperature", "raft_n", "num_train_prompts",
                "num_heldout")
+# The methods whose result depends on the task's principle: their cells must also share it. The others (the base
+# model, GRPO, Online DPO, RAFT, SPA) never see the principle, so their cells stay valid when it changes.
+PRINCIPLED = ("base_prompted", "ple", "ple_anchored", "context_distillation")
 
 
 def check_reusable(path, record, ctx, task):
@@ -459,8 +462,12 @@ def check_reusable(path, record, ctx, task):
     num_train = len(task.prompts("train"))
     current["num_train_prompts"] = min(args.num_train_prompts or num_train, num_train)
     current["num_heldout"] = min(args.num_heldout, len(task.prompts("heldout")))
+    keys = RESUME_KEYS
+    if record.get("method") in PRINCIPLED:
+        current["principle"] = task.principle
+        keys += ("principle",)
     saved = record["settings"]
-    differ = {key: (saved.get(key), current[key]) for key in RESUME_KEYS if saved.get(key) != current[key]}
+    differ = {key: (saved.get(key), current[key]) for key in keys if saved.get(key) != current[key]}
     if differ:
         details = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differ.items())
         raise SystemExit(
@@ -506,17 +513,46 @@ def _mean_spread(values, fmt):
     return f"{fmt.format(mean)} ± {fmt.format(spread).lstrip('+')}"
 
 
+def _groups(records: list[dict]) -> dict[tuple, list[dict]]:
+    """The cells grouped by (task, method, learning rate), methods in `METHODS` order, learning rates ascending."""
+    groups: dict[tuple, list[dict]] = {}
+    order = sorted(records, key=lambda r: (METHODS.index(r["method"]), r["lr"] or 0.0, r["seed"]))
+    for record in order:
+        groups.setdefault((record["task"], record["method"], record["lr"]), []).append(record)
+    return groups
+
+
+def _row(method, lr, rows) -> list[str]:
+    default = ", default" if rows[0]["default_lr"] else ""
+    label = method if method in UNTRAINED else f"{method} (lr {lr:g}{default})"
+    cells = [_mean_spread([r["metrics"][key] for r in rows], fmt) for key, _, fmt in COLUMNS]
+    return [label, str(len(rows)), *cells]
+
+
 def summarize(records: list[dict]) -> dict[str, list[list[str]]]:
     """Per task: one row per method and learning rate, each metric as mean ± standard deviation over seeds."""
-    groups: dict[tuple, list[dict]] = {}
-    for record in records:
-        groups.setdefault((record["task"], record["method"], record["lr"]), []).append(record)
     tables: dict[str, list[list[str]]] = {}
-    for (task, method, lr), rows in groups.items():
-        default = ", default" if rows[0]["default_lr"] else ""
-        label = method if method in UNTRAINED else f"{method} (lr {lr:g}{default})"
-        cells = [_mean_spread([r["metrics"][key] for r in rows], fmt) for key, _, fmt in COLUMNS]
-        tables.setdefault(task, []).append([label, str(len(rows)), *cells])
+    for (task, method, lr), rows in _groups(records).items():
+        tables.setdefault(task, []).append(_row(method, lr, rows))
+    return tables
+
+
+def best_rows(records: list[dict]) -> dict[str, list[list[str]]]:
+    """
+    Per task: one row per method, at the learning rate with the highest mean *training* reward among those run with
+    the most seeds (a learning rate run on fewer seeds is only in the full table). The reward is what each method
+    optimises and what a user can measure without the judge, so the held-out judge plays no part in the choice and
+    stays held out; the same rule applies to every method.
+    """
+    by_method: dict[tuple, list[tuple]] = {}
+    for (task, method, lr), rows in _groups(records).items():
+        by_method.setdefault((task, method), []).append((lr, rows))
+    tables: dict[str, list[list[str]]] = {}
+    for (task, method), options in by_method.items():
+        most = max(len(rows) for _, rows in options)
+        lr, rows = max((o for o in options if len(o[1]) == most),
+                       key=lambda o: statistics.fmean(r["metrics"]["reward"] for r in o[1]))  # fmt: skip
+        tables.setdefault(task, []).append(_row(method, lr, rows))
     return tables
 
 
@@ -524,7 +560,7 @@ def headers(judge_name: str) -> list[str]:
     return ["method", "seeds", *[h if key != "judge" else f"{judge_name} (held out)" for key, h, _ in COLUMNS]]
 
 
-def write_markdown(path, tables, tasks, args, skipped):
+def write_markdown(path, tables, tasks, args, skipped, best=None):
     lines = [
         "# PLE and the alternatives at an equal generation budget",
         "",
@@ -537,8 +573,15 @@ def write_markdown(path, tables, tasks, args, skipped):
     ]
     for name, rows in tables.items():
         head = headers(tasks[name].judge_name)
-        lines += [f"## Task `{name}`: {tasks[name].principle}", "", "| " + " | ".join(head) + " |",
-                  "|" + "---|" * len(head)]  # fmt: skip
+        table_head = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += [f"## Task `{name}`: {tasks[name].principle}", ""]
+        if best is not None:
+            lines += ["Each method at its best learning rate (the highest mean training reward among the learning "
+                      "rates run with the most seeds; the held-out judge plays no part in the choice):", "",
+                      *table_head]  # fmt: skip
+            lines += ["| " + " | ".join(row) + " |" for row in best[name]]
+            lines += ["", "Every learning rate:", ""]
+        lines += table_head
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
     for reason in skipped:
@@ -600,6 +643,9 @@ def build_parser():
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "npu", "xpu", "mps"],
                         help="Default: what accelerate picks.")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU only).")
+    parser.add_argument("--table_only", action="store_true",
+                        help="Train nothing: build the table and figure from the cell files already in --output_dir "
+                        "(every learning rate and seed found there, for --tasks and --methods).")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="Harness check: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ".")  # fmt: skip
     return parser
@@ -631,7 +677,11 @@ def main(argv=None) -> dict:
 
     from ple_trl.demo_model import resolve_demo_model
     from ple_trl.device import resolve_mixed_precision
-    from ple_trl.evaluation import format_table
+
+    if args.table_only:
+        ctx = Context(args, resolve_demo_model(args.model), None, None, None, False, False)
+        records = collect_cells(ctx, tasks_all, task_names, methods)
+        return report(args, records, tasks_all, [], ran=0, reused=len(records))
 
     device = torch.device(args.device) if args.device else PartialState().device
     if device.type == "cpu":
@@ -677,18 +727,44 @@ def main(argv=None) -> dict:
                     base_answers = record["answers"]
                 records.append(record)
 
+    return report(args, records, tasks_all, skipped, ran, reused)
+
+
+def collect_cells(ctx, tasks, task_names, methods) -> list[dict]:
+    """Every cell file in `--output_dir` for these tasks and methods (any learning rate or seed), checked for reuse."""
+    records = []
+    for task_name in task_names:
+        for method in methods:
+            folder = Path(ctx.args.output_dir) / task_name / method
+            for path in sorted(folder.glob("*.json")):
+                record = json.loads(path.read_text())
+                check_reusable(str(path), record, ctx, tasks[task_name])
+                records.append(record)
+    if not records:
+        raise SystemExit(f"--table_only: no cell files under {ctx.args.output_dir} for {task_names} x {methods}.")
+    return records
+
+
+def report(args, records, tasks, skipped, ran, reused) -> dict:
+    """Print the tables, write `results.md` and `compare.png`."""
+    from ple_trl.evaluation import format_table
+
     tables = summarize(records)
+    best = best_rows(records)
     for name, rows in tables.items():
-        print(f"\nTask {name} ({tasks_all[name].judge_name} is the held-out judge):")
-        print(format_table(rows, headers(tasks_all[name].judge_name), align="<" + ">" * (len(COLUMNS) + 1)))
+        judge = tasks[name].judge_name
+        print(f"\nTask {name} ({judge} is the held-out judge), each method at its best training reward's rate:")
+        print(format_table(best[name], headers(judge), align="<" + ">" * (len(COLUMNS) + 1)))
+        print(f"Task {name}, every learning rate:")
+        print(format_table(rows, headers(judge), align="<" + ">" * (len(COLUMNS) + 1)))
     for reason in skipped:
         print(f"skipped: {reason}")
     os.makedirs(args.output_dir, exist_ok=True)
     markdown = os.path.join(args.output_dir, "results.md")
-    write_markdown(markdown, tables, tasks_all, args, skipped)
-    figure = plot(os.path.join(args.output_dir, "compare.png"), records, tasks_all)
+    write_markdown(markdown, tables, tasks, args, skipped, best)
+    figure = plot(os.path.join(args.output_dir, "compare.png"), records, tasks)
     print(f"\nWrote {markdown} and {figure} ({ran} cells run, {reused} reused).")
-    return {"records": records, "tables": tables, "ran": ran, "reused": reused, "skipped": skipped,
+    return {"records": records, "tables": tables, "best": best, "ran": ran, "reused": reused, "skipped": skipped,
             "markdown": markdown, "figure": figure}  # fmt: skip
 
 

@@ -94,6 +94,13 @@ def test_quick_runs_every_method_and_resumes(compare, tiny_model_path, tmp_path)
     assert f"(0 cells run, {len(files)} reused)" in stdout
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
+    # --table_only trains nothing and loads no model: the same table from the files.
+    (out / "results.md").unlink()
+    stdout = _run(["--quick", "--model", tiny_model_path, "--output_dir", str(out), "--table_only"])
+    assert f"(0 cells run, {len(files)} reused)" in stdout
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    assert (out / "results.md").read_text().count("Each method at its best learning rate") == 2
+
 
 def test_resume_refuses_cells_of_other_settings(compare, tmp_path):
     import argparse
@@ -107,3 +114,42 @@ def test_resume_refuses_cells_of_other_settings(compare, tmp_path):
     compare.check_reusable("cell.json", {"settings": settings}, ctx, task)  # same settings: reused
     with pytest.raises(SystemExit, match=r"cell.json was computed with other settings \(steps: 2 there, 16 now\)"):
         compare.check_reusable("cell.json", {"settings": {**settings, "steps": 2}}, ctx, task)
+
+
+def test_resume_checks_the_principle_only_for_methods_that_see_it(compare):
+    import argparse
+
+    task = compare.build_tasks()["polite"]
+    args = argparse.Namespace(steps=16, pairs=8, max_completion_length=24, temperature=0.7, raft_n=4,
+                              num_train_prompts=None, num_heldout=64)  # fmt: skip
+    ctx = compare.Context(args, "m", None, None, None, False, False)
+    settings = {"model_path": "m", "steps": 16, "pairs": 8, "max_completion_length": 24, "temperature": 0.7,
+                "raft_n": 4, "num_train_prompts": 100, "num_heldout": 40,
+                "principle": "An older principle."}  # fmt: skip
+    # GRPO never sees the principle: its cell stays valid when the task's principle changes.
+    compare.check_reusable("grpo.json", {"method": "grpo", "settings": settings}, ctx, task)
+    for method in ("ple", "base_prompted", "context_distillation", "ple_anchored"):
+        with pytest.raises(SystemExit, match=r"principle: 'An older principle.' there, 'Respond to the request"):
+            compare.check_reusable(f"{method}.json", {"method": method, "settings": settings}, ctx, task)
+    current = {**settings, "principle": task.principle}
+    compare.check_reusable("ple.json", {"method": "ple", "settings": current}, ctx, task)
+
+
+def test_best_rows_pick_the_best_training_reward_among_the_most_seeded_learning_rates(compare):
+    def cell(method, lr, seed, reward):
+        metrics = {key: 0.0 for key, _, _ in compare.COLUMNS}
+        metrics["reward"] = reward
+        metrics["judge"] = -reward  # the held-out judge plays no part in the choice
+        return {"task": "warm", "method": method, "lr": lr, "seed": seed, "default_lr": lr == 3e-4, "metrics": metrics}
+
+    records = [cell("base", None, 0, 0.0)]
+    records += [cell("ple", 1e-4, s, j) for s, j in enumerate((0.1, 0.3, 0.2))]  # mean 0.2
+    records += [cell("ple", 3e-4, s, j) for s, j in enumerate((0.0, 0.1, 0.2))]  # mean 0.1
+    records += [cell("ple", 1e-3, 0, 0.9)]  # one seed only: not eligible
+    records += [cell("grpo", 1e-6, 0, 0.5)]  # the only learning rate of grpo: its row
+    rows = compare.best_rows(records)["warm"]
+    assert [row[:2] for row in rows] == [["base", "1"], ["ple (lr 0.0001)", "3"], ["grpo (lr 1e-06)", "1"]]
+    assert rows[1][2] == "+0.200 ± 0.100"  # the reward column: mean ± stdev of 0.1, 0.3, 0.2
+    # The full table keeps every learning rate, ascending within a method.
+    labels = [row[0] for row in compare.summarize(records)["warm"]]
+    assert labels == ["base", "ple (lr 0.0001)", "ple (lr 0.0003, default)", "ple (lr 0.001)", "grpo (lr 1e-06)"]
