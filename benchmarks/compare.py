@@ -22,7 +22,7 @@ skipped when that file exists, so an interrupted run resumes. The run then print
 ```bash
 python benchmarks/compare.py                                 # the full comparison (CPU: hours)
 python benchmarks/compare.py --quick --model path/to/tiny    # one step per method, 2 prompts: the harness test
-python benchmarks/compare.py --device cuda --seeds 0,1,2 --lrs default,1e-4,3e-4
+python benchmarks/compare.py --device cuda --seeds 0,1,2 --lrs default,1e-4,3e-4,6e-4
 ```
 """
 
@@ -40,6 +40,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+# PLE's and SPA's default learning rates are the demo's.
+from ple_trl.demo import DEFAULT_LEARNING_RATES
+
 # Relevance, distinct-2 and distinct answers live in the package, so that `ple-trl demo` reports the same numbers.
 from ple_trl.evaluation import text_statistics
 
@@ -51,8 +54,8 @@ LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 # Each method's own default learning rate ("default" in --lrs): the demo's for PLE and SPA, TRL's config defaults for
 # the others (tuned there for full fine-tuning, so tiny for a LoRA adapter: hence the sweep).
 DEFAULT_LRS = {
-    "ple": 3e-4, "ple_anchored": 3e-4, "spa": 3e-4, "grpo": 1e-6, "online_dpo": 5e-7, "raft": 2e-5,
-    "context_distillation": 2e-5,
+    "ple": DEFAULT_LEARNING_RATES["ple"], "ple_anchored": DEFAULT_LEARNING_RATES["ple"],
+    "spa": DEFAULT_LEARNING_RATES["spa"], "grpo": 1e-6, "online_dpo": 5e-7, "raft": 2e-5, "context_distillation": 2e-5,
 }  # fmt: skip
 QUICK = dict(steps=1, pairs=2, max_completion_length=8, num_heldout=2, num_train_prompts=2, seeds="0", lrs="default",
              raft_n=2, eval_batch_size=2)  # fmt: skip
@@ -523,7 +526,7 @@ def _groups(records: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def _row(method, lr, rows) -> list[str]:
-    default = ", default" if rows[0]["default_lr"] else ""
+    default = ", default" if lr == DEFAULT_LRS.get(method) else ""  # today's default, whatever it was at run time
     label = method if method in UNTRAINED else f"{method} (lr {lr:g}{default})"
     cells = [_mean_spread([r["metrics"][key] for r in rows], fmt) for key, _, fmt in COLUMNS]
     return [label, str(len(rows)), *cells]
@@ -629,9 +632,9 @@ def build_parser():
     parser.add_argument("--tasks", default="warm,polite", help="Comma-separated tasks: warm, polite.")
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated methods.")
     parser.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds.")
-    parser.add_argument("--lrs", default="default,1e-4,3e-4",
+    parser.add_argument("--lrs", default="default,1e-4,3e-4,6e-4",
                         help="Comma-separated learning rates for every trained method; `default` is each method's own "
-                        "(PLE/SPA 3e-4, GRPO 1e-6, Online DPO 5e-7, SFT 2e-5).")  # fmt: skip
+                        "(PLE 1e-4 and SPA 3e-4 as in the demo, GRPO 1e-6, Online DPO 5e-7, SFT 2e-5).")  # fmt: skip
     parser.add_argument("--steps", type=int, default=16, help="Optimizer steps of every trained method.")
     parser.add_argument("--pairs", type=int, default=8, help="Prompts a step; 2 answers each.")
     parser.add_argument("--max_completion_length", type=int, default=24)

@@ -148,8 +148,13 @@ def test_best_rows_pick_the_best_training_reward_among_the_most_seeded_learning_
     records += [cell("ple", 1e-3, 0, 0.9)]  # one seed only: not eligible
     records += [cell("grpo", 1e-6, 0, 0.5)]  # the only learning rate of grpo: its row
     rows = compare.best_rows(records)["warm"]
-    assert [row[:2] for row in rows] == [["base", "1"], ["ple (lr 0.0001)", "3"], ["grpo (lr 1e-06)", "1"]]
+    assert [row[:2] for row in rows] == [
+        ["base", "1"], ["ple (lr 0.0001, default)", "3"], ["grpo (lr 1e-06, default)", "1"]
+    ]  # fmt: skip
     assert rows[1][2] == "+0.200 ± 0.100"  # the reward column: mean ± stdev of 0.1, 0.3, 0.2
     # The full table keeps every learning rate, ascending within a method.
+    # "default" marks today's default rate of the method (PLE's is the demo's), not a flag stored in the cell.
     labels = [row[0] for row in compare.summarize(records)["warm"]]
-    assert labels == ["base", "ple (lr 0.0001)", "ple (lr 0.0003, default)", "ple (lr 0.001)", "grpo (lr 1e-06)"]
+    assert labels == [
+        "base", "ple (lr 0.0001, default)", "ple (lr 0.0003)", "ple (lr 0.001)", "grpo (lr 1e-06, default)"
+    ]  # fmt: skip

@@ -17,7 +17,11 @@ def test_parser_defaults_are_the_dataclass_defaults():
     assert parse([]) == DemoArguments()
     args = DemoArguments()
     assert (args.steps, args.batch_size, args.max_completion_length, args.num_heldout) == (16, 8, 24, 64)
-    assert (args.learning_rate, args.temperature, args.steps_per_iteration) == (3e-4, 0.7, 4)
+    assert (args.learning_rate, args.temperature, args.steps_per_iteration) == (1e-4, 0.7, 4)
+    # SPA's demo keeps its own rate; an explicit rate wins for either method.
+    assert DemoArguments(method="spa").learning_rate == 3e-4
+    assert parse(["--method", "spa", "--learning_rate", "2e-4"]).learning_rate == 2e-4
+    assert parse(["--learning_rate", "5e-5"]).learning_rate == 5e-5
     assert args.output_dir == "ple-demo" and args.model is None and args.num_train_prompts is None
     assert args.threads == max(1, (os.cpu_count() or 2) // 2) and args.plot and not args.quiet
 
@@ -43,7 +47,7 @@ def test_train_style_flags_and_the_old_dashed_spellings_parse_alike():
         (dict(steps=0), "`steps=0` must be an integer >= 1"),
         (dict(num_heldout=97), "`num_heldout=97` is more than the 96 held-out prompts"),
         (dict(num_train_prompts=321), "`num_train_prompts=321` must be between 1 and 320"),
-        (dict(learning_rate=0.0), "`learning_rate=0.0` must be > 0"),
+        (dict(learning_rate=0.0), r"`learning_rate=0.0` must be > 0 \(the demo uses 0.0001\)"),
         (dict(temperature=-1.0), "`temperature=-1.0` must be > 0"),
         (dict(threads=0), "`threads=0` must be an integer >= 1"),
     ],

