@@ -547,16 +547,23 @@ def best_rows(records: list[dict]) -> dict[str, list[list[str]]]:
     optimises and what a user can measure without the judge, so the held-out judge plays no part in the choice and
     stays held out; the same rule applies to every method.
     """
+    tables: dict[str, list[list[str]]] = {}
+    for (task, method), (lr, rows) in best_cells(records).items():
+        tables.setdefault(task, []).append(_row(method, lr, rows))
+    return tables
+
+
+def best_cells(records: list[dict]) -> dict[tuple, tuple]:
+    """`{(task, method): (lr, cells)}` at the learning rate [`best_rows`] picks."""
     by_method: dict[tuple, list[tuple]] = {}
     for (task, method, lr), rows in _groups(records).items():
         by_method.setdefault((task, method), []).append((lr, rows))
-    tables: dict[str, list[list[str]]] = {}
-    for (task, method), options in by_method.items():
+    best = {}
+    for key, options in by_method.items():
         most = max(len(rows) for _, rows in options)
-        lr, rows = max((o for o in options if len(o[1]) == most),
-                       key=lambda o: statistics.fmean(r["metrics"]["reward"] for r in o[1]))  # fmt: skip
-        tables.setdefault(task, []).append(_row(method, lr, rows))
-    return tables
+        best[key] = max((o for o in options if len(o[1]) == most),
+                        key=lambda o: statistics.fmean(r["metrics"]["reward"] for r in o[1]))  # fmt: skip
+    return best
 
 
 def headers(judge_name: str) -> list[str]:
@@ -593,33 +600,54 @@ def write_markdown(path, tables, tasks, args, skipped, best=None):
 
 
 def plot(path, records, tasks):
-    """One panel per task: training reward (x) against the held-out judge (y), colour = perplexity under the base."""
+    """
+    Two panels per task (a column each), every method at its best learning rate ([`best_rows`]): training reward (x)
+    against the held-out judge (y), colour = perplexity under the base; and relevance (x) against distinct-2 (y),
+    relative to the base model, with the 10% band around it shaded (what "without collapse" means in the table).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
+    records = [r for _, cells in best_cells(records).values() for r in cells]
     names = [t for t in tasks if any(r["task"] == t for r in records)]
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(6 * max(1, len(names)), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    columns = max(1, len(names))
+    fig, axes = plt.subplots(2, columns, figsize=(6.5 * columns, 9), squeeze=False)
+    for column, name in enumerate(names):
         groups: dict[str, list[dict]] = {}
         for r in records:
             if r["task"] == name:
                 label = r["method"] if r["method"] in UNTRAINED else f"{r['method']} {r['lr']:g}"
                 groups.setdefault(label, []).append(r["metrics"])
-        xs = [statistics.fmean(m["reward"] for m in ms) for ms in groups.values()]
-        ys = [statistics.fmean(m["judge"] for m in ms) for ms in groups.values()]
-        ppl = [statistics.fmean(m["perplexity"] for m in ms) for ms in groups.values()]
-        points = ax.scatter(xs, ys, c=[math.log(p) if p > 0 and math.isfinite(p) else 0.0 for p in ppl],
-                            cmap="viridis_r")  # fmt: skip
-        for x, y, label in zip(xs, ys, groups):
+        mean = {key: [statistics.fmean(m[key] for m in ms) for ms in groups.values()]
+                for key in ("reward", "judge", "perplexity", "relevance", "distinct_2")}  # fmt: skip
+        ax = axes[0][column]
+        colours = [math.log(p) if p > 0 and math.isfinite(p) else 0.0 for p in mean["perplexity"]]
+        points = ax.scatter(mean["reward"], mean["judge"], c=colours, cmap="viridis_r")
+        for x, y, label in zip(mean["reward"], mean["judge"], groups):
             ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         fig.colorbar(points, ax=ax, label="log perplexity under the base (lower: more fluent)")
         ax.set_xlabel("training reward (held-out prompts)")
         ax.set_ylabel(f"{tasks[name].judge_name} (held-out judge)")
-        ax.set_title(f"task: {name}")
+        ax.set_title(f"task {name}: reward against the held-out judge")
+        ax = axes[1][column]
+        base = groups.get("base")
+        if base:
+            base_relevance = statistics.fmean(m["relevance"] for m in base)
+            base_distinct = statistics.fmean(m["distinct_2"] for m in base)
+            box = Rectangle((0.9 * base_relevance, 0.9 * base_distinct), 0.2 * base_relevance, 0.2 * base_distinct,
+                            color="0.9", zorder=0)  # fmt: skip
+            ax.add_patch(box)
+        ax.scatter(mean["relevance"], mean["distinct_2"], c="C0")
+        for x, y, label in zip(mean["relevance"], mean["distinct_2"], groups):
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("relevance (answers sharing a content word with the prompt)")
+        ax.set_ylabel("distinct-2")
+        ax.set_title(f"task {name}: still answering, still diverse (grey: base +/- 10%; right and up: more)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
