@@ -12,18 +12,27 @@
 #                       training with gradient checkpointing (benchmarks/gpu_check.py)
 #   4. step_cost.md     seconds per step and peak memory per trainer, bf16, short and long prompts
 #                       (benchmarks/step_cost.py)
+#   5. compare/         with --compare only: benchmarks/compare.py on the device (bf16) at the demo's budget, 16 steps
+#                       x 8 pairs, every method, 3 seeds, the learning-rate sweep ($COMPARE_ARGS replaces these). It
+#                       needs the `compare` extra's wheels in ./.whl too (afinn, alt-profanity-check and scikit-learn,
+#                       vaderSentiment, better-profanity, matplotlib), and stops after $COMPARE_SECONDS (default 420):
+#                       run the script again to go on, finished cells are kept and skipped.
 #
 # Usage:
-#   bash benchmarks/gpu_check.sh           # on the GPU machine
-#   bash benchmarks/gpu_check.sh --cpu     # dry run: the same steps on the CPU, tiny model, 1 step each (a test runs it)
+#   bash benchmarks/gpu_check.sh             # on the GPU machine
+#   bash benchmarks/gpu_check.sh --compare   # the same, then the comparison (resumable)
+#   bash benchmarks/gpu_check.sh --cpu       # dry run: the same steps on the CPU, tiny model, 1 step each (a test runs
+#                                            # it, with --compare: compare.py --quick on a tiny model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CPU=0
+COMPARE=0
 for arg in "$@"; do
   case "$arg" in
     --cpu|--dry-run) CPU=1 ;;
-    *) echo "unknown argument: $arg (use --cpu)" >&2; exit 2 ;;
+    --compare) COMPARE=1 ;;
+    *) echo "unknown argument: $arg (use --cpu and/or --compare)" >&2; exit 2 ;;
   esac
 done
 
@@ -46,6 +55,17 @@ step() {  # step NAME COMMAND...: run, tee its output to $OUT/NAME, keep going a
     echo "== $name FAILED" | tee -a "$OUT/failures.txt"
     status=1
   fi
+}
+
+compare_for() {  # compare_for SECONDS ARGS...: compare.py for at most SECONDS; time running out is not a failure
+  local seconds="$1" rc=0
+  shift
+  timeout "$seconds" "$PYTHON" benchmarks/compare.py "$@" || rc=$?
+  if [ "$rc" = 124 ]; then
+    echo "== compare: stopped after $seconds s; run again to go on (finished cells are kept and skipped)"
+    return 0
+  fi
+  return "$rc"
 }
 
 if [ "$CPU" = 1 ]; then
@@ -73,6 +93,17 @@ step pytest.txt "$PYTHON" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
 step equivalence.txt "$PYTHON" benchmarks/gpu_check.py --device "$DEVICE" --out "$OUT"
 step step_cost.txt "$PYTHON" benchmarks/step_cost.py --device "$DEVICE" --bf16 --case both "${COST[@]}" \
   --write --output "$OUT/step_cost.md"
+
+if [ "$COMPARE" = 1 ]; then
+  if [ "$CPU" = 1 ]; then
+    "$PYTHON" -c 'import sys; from ple_trl.testing import build_tiny_causal_lm; build_tiny_causal_lm(sys.argv[1])' \
+      "$OUT/tiny-model"
+    read -r -a CARGS <<< "${COMPARE_ARGS:---quick --model $OUT/tiny-model}"
+  else
+    read -r -a CARGS <<< "${COMPARE_ARGS:---steps 16 --pairs 8 --seeds 0,1,2 --lrs default,1e-4,3e-4,6e-4}"
+  fi
+  step compare.txt compare_for "${COMPARE_SECONDS:-420}" --device "$DEVICE" --output_dir "$OUT/compare" "${CARGS[@]}"
+fi
 
 echo "== done (status $status); results in $OUT"
 exit "$status"

@@ -17,12 +17,17 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     env.pop("PYTHONPATH", None)  # the script puts this checkout's src/ first itself
     result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu"], env=env, capture_output=True, text=True
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--compare"], env=env, capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "env.txt", "equivalence.json", "equivalence.txt", "pytest.txt", "step_cost.md", "step_cost.txt",
+        "compare", "compare.txt", "env.txt", "equivalence.json", "equivalence.txt", "pytest.txt", "step_cost.md",
+        "step_cost.txt", "tiny-model",
     ]  # fmt: skip
+    # --compare: compare.py --quick on the tiny model, one cell per task and method, and its table.
+    assert len(list((tmp_path / "compare" / "warm" / "ple").glob("*.json"))) == 1
+    assert (tmp_path / "compare" / "results.md").read_text().count("## Task `") == 2
     assert "device None (cpu)" in (tmp_path / "env.txt").read_text()
     assert " passed" in (tmp_path / "pytest.txt").read_text()
     report = json.loads((tmp_path / "equivalence.json").read_text())
