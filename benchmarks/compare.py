@@ -645,7 +645,7 @@ def plot(path, records, tasks):
             ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("relevance (answers sharing a content word with the prompt)")
         ax.set_ylabel("distinct-2")
-        ax.set_title(f"task {name}: still answering, still diverse (grey: base +/- 10%; right and up: more)")
+        ax.set_title(f"task {name}: relevance and diversity (grey: base +/- 10%)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

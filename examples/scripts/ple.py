@@ -42,7 +42,7 @@ python examples/scripts/ple.py \
     --dataset_name my_prompts.jsonl \
     --prompt_column question \
     --reward_funcs vader_sentiment profanity_penalty \
-    --principle "Answer in a warm, positive and clean way." \
+    --principle "Answer the question directly and helpfully, in a warm and positive tone." \
     --learning_rate 1.0e-5 \
     --per_device_train_batch_size 4 \
     --max_completion_length 64 \
