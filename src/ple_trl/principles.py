@@ -1,6 +1,7 @@
 """Human-written principles and how a principle is added to a plain or a chat prompt.
 
-The paper did not publish its principle texts; the sets below are ours, one per task of the paper plus the demo's.
+The paper did not publish its principle texts; the sets below are ours, one per task of the paper plus the demo's
+(`positive`) and the comparison's (`positive` and `polite`, `benchmarks/compare.py`).
 """
 
 DEFAULT_TEMPLATE = "{principle}\n\n{prompt}"
