@@ -35,6 +35,10 @@ for arg in "$@"; do
     *) echo "unknown argument: $arg (use --cpu and/or --compare)" >&2; exit 2 ;;
   esac
 done
+if ! [[ "${COMPARE_SECONDS:-420}" =~ ^[1-9][0-9]*$ ]]; then  # checked before any step runs
+  echo "COMPARE_SECONDS=${COMPARE_SECONDS} must be a whole number of seconds > 0, e.g. COMPARE_SECONDS=420" >&2
+  exit 2
+fi
 
 OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"

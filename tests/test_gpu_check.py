@@ -37,3 +37,14 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     table = (tmp_path / "step_cost.md").read_text()
     assert table.count("| PLE |") == 2 and table.count("| GRPO (num_generations=2) |") == 2  # short and long
     assert "## tiny-llama-4l-h64, long prompts" in table and "bf16 mixed precision" in table
+
+
+def test_gpu_check_refuses_a_bad_time_limit_before_any_step(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "COMPARE_SECONDS": "7m"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--compare"], env=env, capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "COMPARE_SECONDS=7m must be a whole number of seconds > 0" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no step ran
