@@ -79,7 +79,7 @@ def main():
     parser.add_argument("--rows", type=int, default=25, help="operator rows to print")
     opts = parser.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    opts.device, opts.seed = torch.device("cpu"), 0
+    opts.device, opts.seed, opts.bf16, opts.reward = torch.device("cpu"), 0, False, step_cost.lexicon_reward
     with tempfile.TemporaryDirectory() as workdir:
         opts.model_name, opts.model_path = step_cost.resolve_model(opts.model, workdir)
         tokenizer = AutoTokenizer.from_pretrained(opts.model_path)

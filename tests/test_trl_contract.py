@@ -21,6 +21,8 @@ CONTRACT = {
     "_generate": ["prompts"],  # called: generation for plain + principled prompts in one call
     "_calculate_rewards": ["inputs", "prompts", "completions", "completion_ids_list"],  # called: reward plumbing
     "_get_per_token_logps_and_entropies": ["model", "input_ids", "attention_mask", "logits_to_keep"],  # called
+    # overridden: generation from the pairs' shared prompt prefix, calls super
+    "_generate_single_turn": ["prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"],
 }
 
 
@@ -45,6 +47,14 @@ def test_generate_returns_the_eight_fields_pletrainer_unpacks():
         "return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images"
         in source
     ), "GRPOTrainer._generate's return tuple changed: update PLETrainer._generate_and_score_completions"
+
+
+def test_transformers_generation_calls_generate_on_the_unwrapped_model():
+    # The shared-prefix generation (`_generation_prefix`) replaces `generate` on the unwrapped model for one call and
+    # returns the prompt columns it was given, which GRPO cuts off by the width of its own padded prompts.
+    source = inspect.getsource(GRPOTrainer._generate_single_turn)
+    assert "unwrapped_model.generate(" in source, "GRPO's transformers path no longer calls `unwrapped_model.generate`"
+    assert 'prompt_length = generate_inputs["input_ids"].size(1)' in source, "GRPO cuts the answers off differently"
 
 
 def test_calculate_rewards_gathers_across_processes():

@@ -36,6 +36,20 @@ PLAIN_TEXT_IMAGES_ERROR = (
 )
 
 
+def custom_mask_blocker(config):
+    """Why a model cannot run a layout other than one left-padded prompt per row (a custom 4D mask in the loss pass,
+    padding between a shared prefix and the rest of the prompt at generation), or `None` when it can."""
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        return f"attention implementation {implementation!r} takes no custom 4D mask (sdpa and eager do)"
+    text_config = config.get_text_config()
+    layer_types = getattr(text_config, "layer_types", None) or ()
+    windowed = getattr(text_config, "sliding_window", None) and getattr(text_config, "use_sliding_window", True)
+    if windowed or any(kind != "full_attention" for kind in layer_types):
+        return "the model has sliding-window or non-attention layers, which a custom mask would not reproduce"
+    return None
+
+
 class PairForwardMixin:
     """The pair forward and its multimodal inputs; mixed into [`PLETrainer`] before [`~trl.GRPOTrainer`]."""
 
@@ -124,15 +138,9 @@ class PairForwardMixin:
             return "the MoE load-balancing loss reads a 2D padding mask"
         if any(inputs.get(key) is not None for key in ("num_images", "token_type_ids", "mm_token_type_ids")):
             return "multimodal prompts place their image features by position"
-        config = self.accelerator.unwrap_model(model).config
-        implementation = getattr(config, "_attn_implementation", None)
-        if implementation not in ("sdpa", "eager"):
-            return f"attention implementation {implementation!r} takes no custom 4D mask (sdpa and eager do)"
-        text_config = config.get_text_config()
-        layer_types = getattr(text_config, "layer_types", None) or ()
-        windowed = getattr(text_config, "sliding_window", None) and getattr(text_config, "use_sliding_window", True)
-        if windowed or any(kind != "full_attention" for kind in layer_types):
-            return "the model has sliding-window or non-attention layers, which a custom mask would not reproduce"
+        blocker = custom_mask_blocker(self.accelerator.unwrap_model(model).config)
+        if blocker is not None:
+            return blocker
         if inputs["prompt_ids"].size(1) == 0 or not bool(inputs["prompt_mask"][:, -1].all()):
             return "a prompt is empty or not left-padded"
         return None

@@ -46,6 +46,7 @@ from ._inputs import (  # noqa: F401
     _is_reward_value,
 )
 from ._logging import ROUTE_NAMES, CompletionsLoggingMixin, _as_text  # noqa: F401
+from ._generation_prefix import SharedPrefixGenerationMixin
 from ._model_card import ModelCardMixin
 from ._pair_forward import (  # noqa: F401
     MULTIMODAL_FIELDS,
@@ -66,6 +67,7 @@ class PLETrainer(
     ResumableAuditMixin,
     IterationSnapshotMixin,
     PairForwardMixin,
+    SharedPrefixGenerationMixin,
     ModelCardMixin,
     GRPOTrainer,
 ):

@@ -1,0 +1,198 @@
+"""Generation runs a pair's common prompt prefix once (issue 13, item 2): the layout, the same next-token logits and
+greedy answers as generating every row from its own prompt, in PLETrainer and SPATrainer, with LoRA, and a logged
+reason wherever the prefix is not shared."""
+
+import logging
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from trl.trainer.utils import pad
+
+from ple_trl import PLETrainer, SPAConfig, SPATrainer, _generation_prefix
+from ple_trl._generation_prefix import common_prefix_lengths, prefill_shared_prefix, shared_prefix_layout
+
+from helpers import by_position, make_args, tiny_args
+
+PAD = 0
+def history(number):
+    """An earlier exchange, which the principle does not touch (it rewrites the last user turn). Its own number makes a
+    cache row copied into the wrong pair change the answers. With the tiny chat template, `<role> content </s>` per
+    turn, a pair shares `<user>` + 17 words + `</s>`, `<assistant>` + 10 words + `</s>` and the last turn's `<user>`:
+    32 tokens."""
+    return [
+        {"role": "user", "content": f"tell me a story about the city and the weather , please , it was {number} day"},
+        {"role": "assistant", "content": f"hello friend , i think it was {number} good day"},
+    ]
+
+
+NUMBERS = ["one", "two", "three", "four"]
+LAST_TURNS = ["write a review of the movie :", "what is the food ?", "how is the city ?", "tell me about your day :"]
+
+
+def test_common_prefix_lengths_stop_before_the_last_token_of_the_shorter_prompt():
+    plain = [[5, 6, 7, 8], [5, 6], [9, 9, 9], [4]]
+    principled = [[5, 6, 3, 8, 8], [5, 6, 7, 8], [9, 9, 9], [7, 4]]
+    # Pair 1: plain is a prefix of principled, but its last token must run with the rest. Pair 2: SPA's identical
+    # prompts share all but the last token. Pair 3: no shared token.
+    assert common_prefix_lengths(plain + principled) == [2, 1, 2, 0]
+
+
+def test_layout_left_pads_the_prefixes_and_the_rests_separately():
+    plain = [[5, 6, 7, 8], [9, 10, 11]]
+    principled = [[5, 6, 3], [9, 10, 12, 13, 14]]
+    layout = shared_prefix_layout(plain + principled, PAD)
+    assert layout.shared == [2, 2]
+    assert layout.prefix_ids.tolist() == [[5, 6], [9, 10]]
+    assert layout.prefix_mask.tolist() == [[1, 1], [1, 1]]
+    assert layout.input_ids.tolist() == [
+        [5, 6, PAD, 7, 8],
+        [9, 10, PAD, PAD, 11],
+        [5, 6, PAD, PAD, 3],
+        [9, 10, 12, 13, 14],
+    ]
+    assert layout.attention_mask.tolist() == [[1, 1, 0, 1, 1], [1, 1, 0, 0, 1], [1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
+    assert shared_prefix_layout([[5, 6], [7, 6]], PAD) is None  # the pair shares no token
+
+
+def random_round(generator, vocab_size):
+    """3 pairs sharing 5, 9 and 2 tokens, then rests of different lengths (principled longer or shorter); the plain
+    rests use the lower half of the vocabulary and the principled rests the upper half, so the pairs part there."""
+    middle = vocab_size // 2
+
+    def tokens(n, low=3, high=vocab_size):
+        return torch.randint(low, high, (n,), generator=generator).tolist()
+
+    shared = [tokens(5), tokens(9), tokens(2)]
+    plain = [prefix + tokens(n, high=middle) for prefix, n in zip(shared, [3, 3, 6])]
+    principled = [prefix + tokens(n, low=middle) for prefix, n in zip(shared, [7, 1, 2])]
+    return plain + principled
+
+
+def left_padded(prompts):
+    ids = pad([torch.tensor(p) for p in prompts], padding_value=PAD, padding_side="left")
+    mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompts], padding_value=0, padding_side="left")
+    return ids, mask
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_next_token_logits_and_greedy_answers_match_the_unshared_generation(attn_implementation):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=PAD, eos_token_id=1, bos_token_id=2,
+    )  # fmt: skip
+    config._attn_implementation = attn_implementation
+    model = LlamaForCausalLM(config).eval()
+    prompts = random_round(torch.Generator().manual_seed(1), config.vocab_size)
+    ids, mask = left_padded(prompts)
+    layout = shared_prefix_layout(prompts, PAD)
+    assert layout.shared == [5, 9, 2]
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        name, cache = prefill_shared_prefix(model, layout, ids.device)
+        assert cache.get_seq_length() == 9 and cache.layers[0].keys.size(0) == 6  # the longest prefix, both rows
+        width = layout.prefix_ids.size(1)
+        positions = (layout.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        shared = model(
+            input_ids=layout.input_ids[:, width:], attention_mask=layout.attention_mask,
+            position_ids=positions[:, width:], **{name: cache},
+        )  # fmt: skip
+        torch.testing.assert_close(shared.logits[:, -1], expected.logits[:, -1], atol=1e-5, rtol=0)
+
+        unshared = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+        from_prefix = _generation_prefix.generate_from_shared_prefix(
+            model, model.generate, layout, ids, mask, max_new_tokens=8, do_sample=False
+        )
+    assert from_prefix.shape == unshared.shape
+    assert torch.equal(from_prefix[:, : ids.size(1)], ids)  # the prompt columns as given, as `generate` returns them
+    assert torch.equal(from_prefix, unshared)
+
+
+def dialogue_dataset():
+    return Dataset.from_dict(
+        {"prompt": [[*history(n), {"role": "user", "content": turn}] for n, turn in zip(NUMBERS, LAST_TURNS)]}
+    )
+
+
+def first_round_answers(trainer):
+    """The answers of the first round, generated greedily, and the number of prefix prefills it ran."""
+    calls = []
+    prefill = _generation_prefix.prefill_shared_prefix
+
+    def counting_prefill(*args, **kwargs):
+        calls.append(1)
+        return prefill(*args, **kwargs)
+
+    _generation_prefix.prefill_shared_prefix = counting_prefill
+    try:
+        inputs = [trainer.train_dataset[i] for i in range(2)]
+        output = trainer._generate_and_score_completions(inputs)
+    finally:
+        _generation_prefix.prefill_shared_prefix = prefill
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    assert "generate" not in model.__dict__  # the instance's `generate` is GRPO's again
+    return output["completion_ids"].tolist(), len(calls)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_pletrainer_generates_the_same_answers_from_the_shared_prefix(tiny_model_path, tmp_path, caplog, lora):
+    def make(shared):
+        kwargs = {"peft_config": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])} if lora else {}
+        trainer = PLETrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny_model_path), reward_funcs=by_position(0.0, 1.0),
+            train_dataset=dialogue_dataset(), args=make_args(tmp_path, generation_kwargs={"do_sample": False}),
+            **kwargs,
+        )  # fmt: skip
+        if not shared:
+            trainer._generation_prefix_plan = lambda *args: (None, "switched off by the test")
+        return trainer
+
+    with caplog.at_level(logging.INFO, logger="ple_trl.trainer"):
+        shared_answers, prefills = first_round_answers(make(shared=True))
+    assert prefills == 1
+    assert "Generation runs each pair's common prompt prefix once (32 tokens per pair)" in caplog.text
+    unshared_answers, no_prefills = first_round_answers(make(shared=False))
+    assert no_prefills == 0
+    assert shared_answers == unshared_answers
+
+
+def test_spatrainer_shares_all_but_the_last_prompt_token(tiny_model_path, tmp_path):
+    trainer = SPATrainer(
+        model=tiny_model_path, train_dataset=dialogue_dataset(),
+        args=tiny_args(tmp_path, SPAConfig, generation_kwargs={"do_sample": False}),
+    )  # fmt: skip
+    prompt_ids = trainer._tokenize_prompts([row["prompt"] for row in trainer.train_dataset.select(range(2))] * 2)[0]
+    layout, reason = trainer._generation_prefix_plan(prompt_ids, None, {})
+    assert reason is None
+    assert layout.shared == [len(ids) - 1 for ids in prompt_ids[:2]]
+
+
+def test_the_prefix_is_not_shared_where_it_cannot_hold_and_the_log_says_why(
+    tiny_model_path, tmp_path, caplog, monkeypatch
+):
+    short_pairs = Dataset.from_dict({"prompt": LAST_TURNS})  # plain text, principle first: no shared token
+    trainer = PLETrainer(
+        model=tiny_model_path, reward_funcs=by_position(0.0, 1.0), train_dataset=short_pairs, args=make_args(tmp_path)
+    )
+    with caplog.at_level(logging.INFO, logger="ple_trl.trainer"):
+        trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(2)])
+        trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(2, 4)])
+    assert caplog.text.count("no shared prefix") == 1  # once, not every round
+    assert "a pair's two prompts differ from their first token" in caplog.text
+
+    prompt_ids = trainer._tokenize_prompts([row["prompt"] for row in dialogue_dataset().select(range(2))] * 2)[0]
+    assert trainer._generation_prefix_plan(prompt_ids, None, {})[1] is None
+    trainer.generation_config.repetition_penalty = 1.2
+    assert "repetition penalties" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
+    trainer.generation_config.repetition_penalty = 1.0
+    trainer.generation_config.cache_implementation = "static"
+    assert "cache_implementation='static'" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
+    trainer.generation_config.cache_implementation = None
+    with monkeypatch.context() as patch:
+        patch.setattr(_generation_prefix, "MIN_SHARED_TOKENS", 10**6)
+        assert "fewer than 1000000" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
+    trainer.accelerator.unwrap_model(trainer.model_wrapped).config._attn_implementation = "flash_attention_2"
+    assert "'flash_attention_2' takes no custom 4D mask" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
