@@ -3,7 +3,10 @@
 1. The loss pass that runs each plain prompt once (a 4D branch mask: the path where sdpa picks a masked kernel on
    an accelerator) against the pass that runs it once per answer, on the device, in fp32 and under bf16 autocast:
    the largest difference of the per-answer log-prob sums and of the gradients.
-2. Two optimizer steps of `PLETrainer` on the device with `bf16=True`, gradient checkpointing on: finite loss, every
+2. Generation from a pair's shared prompt prefix (run once, its KV cache copied into both rows) against generation
+   from each row's own prompt, on the device in fp32: the largest difference of the next-token logits, and whether
+   12 greedy tokens agree.
+3. Two optimizer steps of `PLETrainer` on the device with `bf16=True`, gradient checkpointing on: finite loss, every
    parameter updated, the peak memory.
 
 Writes `equivalence.json` under `--out` and exits non-zero when a check fails.
@@ -98,6 +101,47 @@ def compare_passes(trainer, batch, precision):
     }
 
 
+def compare_generation(model, device, vocab=60, pad=0):
+    """Largest |shared - unshared| next-token logit, and whether greedy answers agree, for 4 pairs sharing 3 to 40
+    tokens (prefixes left-padded, rests of different lengths)."""
+    from trl.trainer.utils import pad as pad_tensors
+
+    from ple_trl._generation_prefix import generate_from_shared_prefix, prefill_shared_prefix, shared_prefix_layout
+
+    generator = torch.Generator().manual_seed(0)
+
+    def tokens(n, low, high):
+        return torch.randint(low, high, (n,), generator=generator).tolist()
+
+    shared = [tokens(n, 4, vocab) for n in (3, 40, 17, 25)]
+    plain = [prefix + tokens(n, 4, vocab // 2) for prefix, n in zip(shared, (5, 2, 9, 1))]
+    principled = [prefix + tokens(n, vocab // 2, vocab) for prefix, n in zip(shared, (8, 12, 1, 6))]
+    prompts = plain + principled
+    ids = pad_tensors([torch.tensor(p) for p in prompts], padding_value=pad, padding_side="left").to(device)
+    mask = pad_tensors([torch.ones(len(p), dtype=torch.long) for p in prompts], padding_value=0, padding_side="left")
+    mask = mask.to(device)
+    layout = shared_prefix_layout(prompts, pad)
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        name, cache = prefill_shared_prefix(model, layout, device)
+        width = layout.prefix_ids.size(1)
+        full_mask = layout.attention_mask.to(device)
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, width:]
+        logits = model(
+            input_ids=layout.input_ids[:, width:].to(device), attention_mask=full_mask, position_ids=positions,
+            **{name: cache},
+        ).logits[:, -1]  # fmt: skip
+        greedy = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": pad}
+        unshared = model.generate(input_ids=ids, attention_mask=mask, **greedy)
+        from_prefix = generate_from_shared_prefix(model, model.generate, layout, ids, mask, **greedy)
+    model.train()
+    return {
+        "max_next_token_logit_diff": (logits - expected.logits[:, -1]).abs().max().item(),
+        "same_greedy_answers": bool(torch.equal(unshared, from_prefix)),
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the accelerator if any)")
@@ -121,6 +165,10 @@ def main(argv=None):
             worst = max(result["max_logp_sum_diff"], result["max_grad_diff_relative"])
             if worst > TOLERANCE[precision] or not result["same_parameters"]:
                 report["failures"].append(f"loss pass {precision}: {result} (tolerance {TOLERANCE[precision]})")
+        result = compare_generation(trainer.accelerator.unwrap_model(trainer.model), trainer.accelerator.device)
+        report["generation_shared_prefix_fp32"] = result
+        if result["max_next_token_logit_diff"] > TOLERANCE["fp32"] or not result["same_greedy_answers"]:
+            report["failures"].append(f"generation from a shared prefix, fp32: {result}")
         del trainer
 
         trainer = make_trainer(model_path, os.path.join(workdir, "train"), device, bf16=True,

@@ -8,9 +8,10 @@
 # Steps, each writing under $OUT (default ./gpu_check_out):
 #   1. env.txt          the device, torch/transformers/trl versions
 #   2. pytest.txt       the loss-pass equivalence tests and the device-agnostic source checks
-#   3. equivalence.json the shared and unshared loss passes on the device (fp32, bf16 autocast) and a short bf16
-#                       training with gradient checkpointing (benchmarks/gpu_check.py)
-#   4. step_cost.md     seconds per step and peak memory per trainer, bf16, short and long prompts
+#   3. equivalence.json the shared and unshared loss passes on the device (fp32, bf16 autocast), generation from a
+#                       pair's shared prompt prefix against the unshared one (fp32), and a short bf16 training with
+#                       gradient checkpointing (benchmarks/gpu_check.py)
+#   4. step_cost.md     seconds per step and peak memory per trainer, bf16, short and long prompts and dialogues
 #                       (benchmarks/step_cost.py)
 #   5. compare/         with --compare only: benchmarks/compare.py on the device (bf16) at the demo's budget, 16 steps
 #                       x 8 pairs, every method, 3 seeds, the learning-rate sweep ($COMPARE_ARGS replaces these). It
@@ -74,12 +75,12 @@ compare_for() {  # compare_for SECONDS ARGS...: compare.py for at most SECONDS; 
 
 if [ "$CPU" = 1 ]; then
   DEVICE=cpu
-  TESTS=(tests/test_prefix_sharing.py -k "sdpa or fallback")
+  TESTS=(tests/test_prefix_sharing.py tests/test_generation_prefix.py -k "sdpa or fallback")
   COST=(--model tiny --steps 1 --warmup 1 --prompt-length 32 --long-completion-length 8 --long-hidden-size 64
         --trainers ple,grpo)
 else
   DEVICE="$("$PYTHON" -c 'import torch; print(torch.accelerator.current_accelerator() or "cpu")')"
-  TESTS=(tests/test_prefix_sharing.py tests/test_device_agnostic.py)
+  TESTS=(tests/test_prefix_sharing.py tests/test_generation_prefix.py tests/test_device_agnostic.py)
   MODEL=tiny
   if "$PYTHON" -c 'from ple_trl.demo_model import resolve_demo_model; resolve_demo_model(None)' > /dev/null 2>&1; then
     MODEL=smollm2
@@ -95,7 +96,7 @@ print(f"device {device} ({name}); torch {torch.__version__}, transformers {trans
 '
 step pytest.txt "$PYTHON" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
 step equivalence.txt "$PYTHON" benchmarks/gpu_check.py --device "$DEVICE" --out "$OUT"
-step step_cost.txt "$PYTHON" benchmarks/step_cost.py --device "$DEVICE" --bf16 --case both "${COST[@]}" \
+step step_cost.txt "$PYTHON" benchmarks/step_cost.py --device "$DEVICE" --bf16 --case all "${COST[@]}" \
   --write --output "$OUT/step_cost.md"
 
 if [ "$COMPARE" = 1 ]; then

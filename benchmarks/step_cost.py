@@ -25,6 +25,10 @@ Two cases (`--case`):
   loaded by every trainer from the same folder). With `--model tiny` the policy is a 4-layer Llama of hidden size
   `--long-hidden-size` (256): at hidden size 64 the step is all Python overhead, where no trainer does less than
   another. Here both answers of a pair continue the same long plain prompt, which PLE's loss pass runs once.
+- `dialogue`: the `long` case with conversational prompts of about the same length, as the HH dialogues are: an
+  earlier user turn and assistant turn, then a short last question. The principle rewrites the last user turn only,
+  so a pair's two prompts share the earlier turns, which PLE's generation also runs once. The A/B variant
+  `ple_unshared_generation` is PLE generating every prompt token of both answers.
 
 The trainers run interleaved (A, B, C, D, A, B, C, D, ...): each runs `train()` in its own thread, and a baton passed
 by a callback at every step boundary lets exactly one step run at a time. Timings are medians, robust to a machine
@@ -75,15 +79,16 @@ PRINCIPLE = "please be positive and kind ."
 POSITIVE = set(POSITIVE_WORDS) | {"love", "wonderful", "lovely", "best", "enjoy", "beautiful", "fun", "glad"}
 NEGATIVE = set(NEGATIVE_WORDS) | {"hate", "terrible", "worst", "boring", "poor", "angry", "wrong", "sorry"}
 TRAINERS = ("ple", "grpo", "online_dpo", "limit")
-CASES = ("short", "long")
-# Variants for A/B measurements of PLE's own optimisations (not run by default).
-VARIANTS = ("ple_entropy_head",)
+CASES = ("short", "long", "dialogue")
+# Variants for A/B measurements of PLE's own optimisations (not run by default, but the dialogue case runs the second).
+VARIANTS = ("ple_entropy_head", "ple_unshared_generation")
 LABELS = {
     "ple": "PLE",
     "grpo": "GRPO (num_generations=2)",
     "online_dpo": "Online DPO",
     "limit": "PLE limit (no trainer)",
     "ple_entropy_head": "PLE with GRPO's entropy head",
+    "ple_unshared_generation": "PLE, prefix not shared at generation",
 }
 
 
@@ -276,6 +281,13 @@ def make_ple_entropy_head(opts, dataset, tokenizer, output_dir):
     return trainer
 
 
+def make_ple_unshared_generation(opts, dataset, tokenizer, output_dir):
+    """PLE generating every prompt token of both answers, as before it ran a pair's common prefix once."""
+    trainer = make_ple(opts, dataset, tokenizer, output_dir)
+    trainer._generation_prefix_plan = lambda *args: (None, "switched off for the A/B comparison")
+    return trainer
+
+
 def make_grpo(opts, dataset, tokenizer, output_dir):
     from trl import GRPOConfig, GRPOTrainer
 
@@ -409,6 +421,28 @@ def long_prompts(count, length, seed=0):
     ]
 
 
+def dialogue_prompts(count, length, seed=0):
+    """`count` conversations of `length` tokens with the tiny tokenizer's chat template (`<role> content </s>` per
+    turn, then `<assistant>`): a user turn and an assistant turn of words drawn from its vocabulary, then an 8-word
+    question."""
+    generator = torch.Generator().manual_seed(seed)
+    words = [w for w in WORDS if w not in (":", "?")]
+
+    def text(n):
+        return " ".join(words[i] for i in torch.randint(len(words), (n,), generator=generator).tolist())
+
+    question = 9  # 8 words and "?"
+    history = length - question - 7  # each turn adds its role token and `</s>`, the template a last `<assistant>`
+    return [
+        [
+            {"role": "user", "content": text(history - history // 3)},
+            {"role": "assistant", "content": text(history // 3)},
+            {"role": "user", "content": text(question - 1) + " ?"},
+        ]
+        for _ in range(count)
+    ]
+
+
 def format_table(results, opts, memory_kind):
     medians = {name: statistics.median(r["times"]) for name, r in results.items()}
 
@@ -433,6 +467,11 @@ def format_table(results, opts, memory_kind):
     prompts = "short prompts (5-12 words), a word-lexicon reward"
     if opts.case == "long":
         prompts = f"{opts.prompt_length}-token prompts, a tiny classifier reward model (2 layers, hidden 64)"
+    elif opts.case == "dialogue":
+        prompts = (
+            f"{opts.prompt_length}-token dialogues (two turns of history, a short last question), a tiny classifier "
+            "reward model (2 layers, hidden 64)"
+        )
     setup = (
         f"{opts.case} case: model `{opts.model_name}`, device `{opts.device}` ({torch.get_num_threads()} threads), "
         f"{prompts}, {opts.batch_size} pairs = {2 * opts.batch_size} completions/step, "
@@ -451,16 +490,19 @@ def parse_args(argv=None):
                              "or a local path")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per trainer")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per trainer first")
-    parser.add_argument("--case", default="both", choices=CASES + ("both",), help="which case(s) to time")
+    parser.add_argument("--case", default="both", choices=CASES + ("both", "all"),
+                        help="which case(s) to time: `both` is short and long, `all` adds dialogue")  # fmt: skip
     parser.add_argument("--completion-length", type=int, default=24, help="answer tokens in the short case")
-    parser.add_argument("--prompt-length", type=int, default=256, help="prompt tokens in the long case")
-    parser.add_argument("--long-completion-length", type=int, default=64, help="answer tokens in the long case")
-    parser.add_argument("--long-hidden-size", type=int, default=256, help="hidden size of the tiny Llama, long case")
+    parser.add_argument("--prompt-length", type=int, default=256, help="prompt tokens in the long and dialogue cases")
+    parser.add_argument("--long-completion-length", type=int, default=64,
+                        help="answer tokens in the long and dialogue cases")  # fmt: skip
+    parser.add_argument("--long-hidden-size", type=int, default=256,
+                        help="hidden size of the tiny Llama, long and dialogue cases")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=4, help="pairs (prompts) per step; 2x completions")
     parser.add_argument("--device", default=None, help="cpu, cuda, npu, ... (default: the accelerator if any)")
     parser.add_argument("--trainers", default=None,
                         help=f"comma-separated subset of {TRAINERS} (or the A/B variants {VARIANTS}); default: "
-                             "all, but the limit (lexicon reward only) in the long case")  # fmt: skip
+                             "all, but the limit (lexicon reward only) outside the short case")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: min(2, cores))")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (fp32 weights) in every runner")
@@ -471,7 +513,7 @@ def parse_args(argv=None):
 
 
 def resolve_model(name, workdir, case="short", hidden_size=256):
-    if name == "tiny" and case == "long":
+    if name == "tiny" and case != "short":
         path = Path(workdir) / "tiny-llama-long"
         path = build_tiny_llama(path, hidden_size=hidden_size, max_position_embeddings=1024)
         return f"tiny-llama-4l-h{hidden_size}", path
@@ -493,19 +535,22 @@ def main(argv=None):
         opts.device = accelerator or torch.device("cpu")
     opts.device = torch.device(opts.device)
     results = {}
-    for case in CASES if opts.case == "both" else (opts.case,):
+    cases = {"both": ("short", "long"), "all": CASES}.get(opts.case, (opts.case,))
+    for case in cases:
         results[case] = run_case(argparse.Namespace(**vars(opts)), case)
-    return results if opts.case == "both" else results[opts.case]
+    return results if len(cases) > 1 else results[opts.case]
 
 
 def run_case(opts, case):
     opts.case = case
     default = [n for n in TRAINERS if case == "short" or n != "limit"]
+    if case == "dialogue":
+        default.insert(1, "ple_unshared_generation")
     names = [n.strip() for n in opts.trainers.split(",") if n.strip()] if opts.trainers else default
     unknown = set(names) - set(TRAINERS + VARIANTS)
     if unknown:
         raise SystemExit(f"unknown trainers {sorted(unknown)}; choose among {TRAINERS + VARIANTS}")
-    if case == "long" and "limit" in names:
+    if case != "short" and "limit" in names:
         raise SystemExit("the PLE limit runs the short case only (its reward is the word lexicon)")
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -515,10 +560,11 @@ def run_case(opts, case):
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         rows = (opts.warmup + opts.steps + 2) * opts.batch_size
-        if case == "long":
+        if case != "short":
             opts.completion_length = opts.long_completion_length
             opts.reward = build_tiny_reward_model(Path(workdir) / "reward")
-            prompts = long_prompts(len(PROMPTS), opts.prompt_length, opts.seed)
+            make_prompts = long_prompts if case == "long" else dialogue_prompts
+            prompts = make_prompts(len(PROMPTS), opts.prompt_length, opts.seed)
         else:
             opts.reward = lexicon_reward
             prompts = PROMPTS
@@ -530,7 +576,8 @@ def run_case(opts, case):
         # absorbs their tear-down, so no timed step overlaps anything but the dataloader's next fetch.
         total = opts.warmup + opts.steps + 1
         makers = {"ple": make_ple, "grpo": make_grpo, "online_dpo": make_online_dpo,
-                  "ple_entropy_head": make_ple_entropy_head}  # fmt: skip
+                  "ple_entropy_head": make_ple_entropy_head,
+                  "ple_unshared_generation": make_ple_unshared_generation}  # fmt: skip
         recorders, threads = {}, []
         for name in names:
             recorders[name] = StepRecorder(name, baton, memory, total)
@@ -562,7 +609,8 @@ def run_case(opts, case):
         default_out = Path(__file__).resolve().parent / "results" / f"{opts.device.type}.md"
         out = Path(opts.output) if opts.output else default_out
         out.parent.mkdir(parents=True, exist_ok=True)
-        title = opts.model_name if case == "short" else f"{opts.model_name}, long prompts"
+        title = {"short": opts.model_name, "long": f"{opts.model_name}, long prompts",
+                 "dialogue": f"{opts.model_name}, dialogues"}[case]  # fmt: skip
         section = f"## {title}\n\n{setup}\n\n{table}\n"
         text = out.read_text() if out.exists() else f"# Step cost on `{opts.device.type}`\n\n"
         marker = f"## {title}\n"

@@ -33,10 +33,12 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     report = json.loads((tmp_path / "equivalence.json").read_text())
     assert report["device"] == "cpu" and report["failures"] == []
     assert report["loss_pass_fp32"]["max_logp_sum_diff"] < 1e-4
+    assert report["generation_shared_prefix_fp32"]["same_greedy_answers"] is True
     assert report["training_bf16"]["parameters_changed"] == "39/39"  # every tensor of the 4-layer Llama moved
     table = (tmp_path / "step_cost.md").read_text()
-    assert table.count("| PLE |") == 2 and table.count("| GRPO (num_generations=2) |") == 2  # short and long
-    assert "## tiny-llama-4l-h64, long prompts" in table and "bf16 mixed precision" in table
+    assert table.count("| PLE |") == 3 and table.count("| GRPO (num_generations=2) |") == 3  # short, long, dialogue
+    assert "## tiny-llama-4l-h64, long prompts" in table and "## tiny-llama-4l-h64, dialogues" in table
+    assert "bf16 mixed precision" in table
 
 
 def test_gpu_check_refuses_a_bad_time_limit_before_any_step(tmp_path):
