@@ -91,10 +91,12 @@ def _by_pair(labels):
 
 def test_runs_are_what_they_claim(runs):
     assert runs["one"]["states"][0]["num_processes"] == 1
+    assert runs["one"]["states"][0]["shared_prefix_rounds"] == STEPS  # every round generated from the shared prefix
     for rank in (0, 1):
         state = runs["two"]["states"][rank]
         assert state["distributed_type"] == "DistributedType.MULTI_CPU"
         assert state["num_processes"] == 2 and state["backend"] == "gloo" and state["device"].startswith("cpu")
+        assert state["shared_prefix_rounds"] == STEPS
 
 
 def test_every_pair_is_labelled_once(runs):

@@ -10,9 +10,12 @@ trainer's documented layout of a scoring call: the plain answers of the round's 
 principle-guided answers of the same prompts in the same order (the reward never sees the principle). The function
 checks that layout and fails loudly if it changes.
 
+The principle follows the prompt (`principle_template="{prompt} {principle}"`) and the threshold of shared tokens is
+lowered to 1, so generation runs each pair's common prompt (6 tokens) once: the shared-prefix path runs under DDP.
+
 Each process writes `rewards_rank{r}.jsonl` (the rewards it computed for its own pairs, per step) and
-`log_rank{r}.json` (its `trainer.state.log_history`), `state_rank{r}.json` (its accelerate state); the main process
-also writes `enhanced_labels.jsonl`.
+`log_rank{r}.json` (its `trainer.state.log_history`), `state_rank{r}.json` (its accelerate state and how many rounds
+it generated from a shared prefix); the main process also writes `enhanced_labels.jsonl`.
 """
 
 import argparse
@@ -53,7 +56,17 @@ def main():
     from accelerate import PartialState
     from transformers import AutoTokenizer
 
-    from ple_trl import PLEConfig, PLETrainer
+    from ple_trl import PLEConfig, PLETrainer, _generation_prefix
+
+    _generation_prefix.MIN_SHARED_TOKENS = 1  # the prompts are short; share them anyway
+    prefills = []
+    prefill = _generation_prefix.prefill_shared_prefix
+
+    def counting_prefill(*args, **kwargs):
+        prefills.append(1)
+        return prefill(*args, **kwargs)
+
+    _generation_prefix.prefill_shared_prefix = counting_prefill
 
     def table_reward(prompts, completions, trainer_state, **kwargs):
         rank = PartialState().process_index  # read at call time: the trainer's arguments set the distributed state up
@@ -71,6 +84,7 @@ def main():
     args = PLEConfig(
         output_dir=cli.output_dir,
         principle="be positive .",
+        principle_template="{prompt} {principle}",
         per_device_train_batch_size=cli.pairs_per_device,
         gradient_accumulation_steps=1,
         max_completion_length=4,
@@ -104,7 +118,8 @@ def main():
     state = trainer.accelerator.state
     with open(os.path.join(cli.output_dir, f"state_rank{rank}.json"), "w") as f:
         json.dump({"distributed_type": str(state.distributed_type), "num_processes": state.num_processes,
-                   "backend": state.backend, "device": str(state.device)}, f)  # fmt: skip
+                   "backend": state.backend, "device": str(state.device),
+                   "shared_prefix_rounds": len(prefills)}, f)  # fmt: skip
     trainer.accelerator.wait_for_everyone()
 
 
