@@ -137,15 +137,22 @@ def first_round_answers(trainer):
     return output["completion_ids"].tolist(), len(calls)
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_pletrainer_generates_the_same_answers_from_the_shared_prefix(tiny_model_path, tmp_path, caplog, lora):
+@pytest.mark.parametrize("lora, checkpointing", [(False, False), (True, False), (True, True)],
+                         ids=["full", "lora", "lora-gradient-checkpointing"])  # fmt: skip
+def test_pletrainer_generates_the_same_answers_from_the_shared_prefix(
+    tiny_model_path, tmp_path, caplog, lora, checkpointing
+):
     def make(shared):
         kwargs = {"peft_config": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])} if lora else {}
+        args = make_args(tmp_path, generation_kwargs={"do_sample": False}, gradient_checkpointing=checkpointing)
         trainer = PLETrainer(
             model=AutoModelForCausalLM.from_pretrained(tiny_model_path), reward_funcs=by_position(0.0, 1.0),
-            train_dataset=dialogue_dataset(), args=make_args(tmp_path, generation_kwargs={"do_sample": False}),
-            **kwargs,
+            train_dataset=dialogue_dataset(), args=args, **kwargs,
         )  # fmt: skip
+        trainer.model.train()  # generation in training mode, as in `train()`, which also turns checkpointing on
+        if checkpointing:
+            trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert trainer.model.is_gradient_checkpointing
         if not shared:
             trainer._generation_prefix_plan = lambda *args: (None, "switched off by the test")
         return trainer
