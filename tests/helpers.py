@@ -3,6 +3,7 @@
 from `conftest.py` so that the scripts can import it without pytest; test modules import it as `from helpers import`.
 """
 
+import contextlib
 import json
 import os
 
@@ -48,6 +49,26 @@ def tiny_args(output_dir, config_class=PLEConfig, **kwargs):
 def make_args(output_dir, **kwargs):
     """A tiny PLE run guided by `PRINCIPLE`, `kwargs` over the defaults."""
     return tiny_args(output_dir, **{"principle": PRINCIPLE, **kwargs})
+
+
+@contextlib.contextmanager
+def counting_prefix_prefills():
+    """Count the rounds generated from a pair's shared prompt prefix (one prefill of the prefixes per round): yields
+    the list that gets one item per prefill."""
+    from ple_trl import _generation_prefix
+
+    calls = []
+    prefill = _generation_prefix.prefill_shared_prefix
+
+    def counting_prefill(*args, **kwargs):
+        calls.append(1)
+        return prefill(*args, **kwargs)
+
+    _generation_prefix.prefill_shared_prefix = counting_prefill
+    try:
+        yield calls
+    finally:
+        _generation_prefix.prefill_shared_prefix = prefill
 
 
 def by_position(plain_value, principled_value):

@@ -14,7 +14,7 @@ from trl.trainer.utils import pad
 from ple_trl import PLETrainer, SPAConfig, SPATrainer, _generation_prefix
 from ple_trl._generation_prefix import common_prefix_lengths, prefill_shared_prefix, shared_prefix_layout
 
-from helpers import by_position, make_args, tiny_args
+from helpers import by_position, counting_prefix_prefills, make_args, tiny_args
 
 PAD = 0
 def history(number):
@@ -119,19 +119,8 @@ def dialogue_dataset():
 
 def first_round_answers(trainer):
     """The answers of the first round, generated greedily, and the number of prefix prefills it ran."""
-    calls = []
-    prefill = _generation_prefix.prefill_shared_prefix
-
-    def counting_prefill(*args, **kwargs):
-        calls.append(1)
-        return prefill(*args, **kwargs)
-
-    _generation_prefix.prefill_shared_prefix = counting_prefill
-    try:
-        inputs = [trainer.train_dataset[i] for i in range(2)]
-        output = trainer._generate_and_score_completions(inputs)
-    finally:
-        _generation_prefix.prefill_shared_prefix = prefill
+    with counting_prefix_prefills() as calls:
+        output = trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(2)])
     model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
     assert "generate" not in model.__dict__  # the instance's `generate` is GRPO's again
     return output["completion_ids"].tolist(), len(calls)

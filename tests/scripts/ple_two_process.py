@@ -21,6 +21,7 @@ it generated from a shared prefix); the main process also writes `enhanced_label
 import argparse
 import json
 import os
+import sys
 import warnings
 
 from datasets import Dataset
@@ -58,15 +59,10 @@ def main():
 
     from ple_trl import PLEConfig, PLETrainer, _generation_prefix
 
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from helpers import counting_prefix_prefills
+
     _generation_prefix.MIN_SHARED_TOKENS = 1  # the prompts are short; share them anyway
-    prefills = []
-    prefill = _generation_prefix.prefill_shared_prefix
-
-    def counting_prefill(*args, **kwargs):
-        prefills.append(1)
-        return prefill(*args, **kwargs)
-
-    _generation_prefix.prefill_shared_prefix = counting_prefill
 
     def table_reward(prompts, completions, trainer_state, **kwargs):
         rank = PartialState().process_index  # read at call time: the trainer's arguments set the distributed state up
@@ -111,7 +107,8 @@ def main():
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         processing_class=tokenizer,
     )
-    trainer.train()
+    with counting_prefix_prefills() as prefills:
+        trainer.train()
     rank = trainer.accelerator.process_index
     with open(os.path.join(cli.output_dir, f"log_rank{rank}.json"), "w") as f:
         json.dump(trainer.state.log_history, f)
