@@ -65,7 +65,7 @@ def shared_prefix_layout(prompt_ids, pad_token_id):
     shared = common_prefix_lengths(prompt_ids)
     if min(shared) == 0:
         return None
-    prefixes = [torch.tensor(ids[:length]) for ids, length in zip(prompt_ids, shared, strict=False)]
+    prefixes = [torch.tensor(ids[:length]) for ids, length in zip(prompt_ids[:num_pairs], shared, strict=True)]
     rests = [torch.tensor(ids[shared[row % num_pairs] :]) for row, ids in enumerate(prompt_ids)]
     prefix_ids = pad(prefixes, padding_value=pad_token_id, padding_side="left")
     prefix_mask = pad([torch.ones_like(ids) for ids in prefixes], padding_value=0, padding_side="left")

@@ -39,6 +39,7 @@ from ._checkpointing import (  # noqa: F401
     _is_disk_full,
     _SamplerEpochCallback,
 )
+from ._generation_prefix import SharedPrefixGenerationMixin
 from ._inputs import (  # noqa: F401
     _check_model_path,
     _checked_reward_function,
@@ -46,7 +47,6 @@ from ._inputs import (  # noqa: F401
     _is_reward_value,
 )
 from ._logging import ROUTE_NAMES, CompletionsLoggingMixin, _as_text  # noqa: F401
-from ._generation_prefix import SharedPrefixGenerationMixin
 from ._model_card import ModelCardMixin
 from ._pair_forward import (  # noqa: F401
     MULTIMODAL_FIELDS,
@@ -83,7 +83,8 @@ class PLETrainer(
 
     `PLETrainer` is a [`~trl.GRPOTrainer`]: model loading, PEFT, reward models and functions, generation (transformers
     or vLLM), buffering across gradient accumulation, DeepSpeed/FSDP and NPU support are inherited. It overrides the
-    sampling (`_generate_and_score_completions`) and the loss (`_compute_loss`).
+    sampling (`_generate_and_score_completions`) and the loss (`_compute_loss`); with transformers generation, the
+    tokens a pair's two prompts start with (a dialogue's earlier turns, a default system prompt) run once per pair.
 
     Logged metrics: PLE's `ple/*` (means over the logging window, except `ple/tau`, the threshold at the logged step)
     and GRPO's reward metrics for pairs (`reward`, `reward_std`, `rewards/<function>/mean` and `/std`,
