@@ -187,6 +187,12 @@ def test_the_prefix_is_not_shared_where_it_cannot_hold_and_the_log_says_why(
     trainer.generation_config.cache_implementation = "static"
     assert "cache_implementation='static'" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
     trainer.generation_config.cache_implementation = None
+    trainer.generation_config.use_cache = False
+    assert "use_cache=False" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
+    trainer.generation_config.use_cache = True
+    trainer.generation_config.min_length = 40
+    assert "min_length" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
+    trainer.generation_config.min_length = 0
     with monkeypatch.context() as patch:
         patch.setattr(_generation_prefix, "MIN_SHARED_TOKENS", 10**6)
         assert "fewer than 1000000" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]

@@ -161,12 +161,16 @@ class SharedPrefixGenerationMixin:
         if blocker is not None:
             return None, blocker
         generation_config = self.generation_config
+        if generation_config.use_cache is False:
+            return None, "use_cache=False: generation keeps no KV cache to continue from"
         if generation_config.cache_implementation is not None:
             return None, f"cache_implementation={generation_config.cache_implementation!r}: only the default cache"
         if (generation_config.num_beams or 1) > 1:
             return None, "beam search"
         if generation_config.repetition_penalty not in (None, 1.0) or generation_config.no_repeat_ngram_size:
             return None, "repetition penalties: they read the prompt and its padding, which sharing moves"
+        if generation_config.min_length:
+            return None, "min_length: it counts the padded prompt, which sharing widens (min_new_tokens does not)"
         layout = shared_prefix_layout(prompt_ids, self._tokenizer.pad_token_id)
         if layout is None:
             return None, "too few shared tokens: a pair's two prompts differ from their first token"
