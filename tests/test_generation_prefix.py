@@ -110,6 +110,18 @@ def test_next_token_logits_and_greedy_answers_match_the_unshared_generation(attn
     assert torch.equal(from_prefix[:, : ids.size(1)], ids)  # the prompt columns as given, as `generate` returns them
     assert torch.equal(from_prefix, unshared)
 
+    # Sampling as GRPO configures it: the same seed draws the same answers.
+    sampling = {"max_new_tokens": 8, "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05}
+    for seed in range(3):
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            unshared = model.generate(input_ids=ids, attention_mask=mask, **sampling)
+            torch.manual_seed(seed)
+            from_prefix = _generation_prefix.generate_from_shared_prefix(
+                model, model.generate, layout, ids, mask, **sampling
+            )
+        assert torch.equal(from_prefix, unshared)
+
 
 def dialogue_dataset():
     return Dataset.from_dict(
