@@ -421,6 +421,9 @@ def long_prompts(count, length, seed=0):
     ]
 
 
+MIN_DIALOGUE_LENGTH = 20  # a question, the template's 7 tokens, and at least a word in each turn of history
+
+
 def dialogue_prompts(count, length, seed=0):
     """`count` conversations of `length` tokens with the tiny tokenizer's chat template (`<role> content </s>` per
     turn, then `<assistant>`): a user turn and an assistant turn of words drawn from its vocabulary, then an 8-word
@@ -552,6 +555,11 @@ def run_case(opts, case):
         raise SystemExit(f"unknown trainers {sorted(unknown)}; choose among {TRAINERS + VARIANTS}")
     if case != "short" and "limit" in names:
         raise SystemExit("the PLE limit runs the short case only (its reward is the word lexicon)")
+    if case == "dialogue" and opts.prompt_length < MIN_DIALOGUE_LENGTH:
+        raise SystemExit(
+            f"--prompt-length {opts.prompt_length} is too short for a dialogue (two turns of history and a question, "
+            f"with the chat template's tokens); use at least {MIN_DIALOGUE_LENGTH}"
+        )
 
     with tempfile.TemporaryDirectory() as workdir:
         opts.model_name, opts.model_path = resolve_model(opts.model, workdir, case, opts.long_hidden_size)
