@@ -73,6 +73,46 @@ def test_train_with_a_dataset_path_that_does_not_exist(tmp_path):
     assert_one_message(result, "train", f"`--dataset_name {missing}`: the path {str(missing)!r} does not exist")
 
 
+def test_train_with_a_recipe_that_is_a_list(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("- a\n- b\n")
+    result = run_cli("train", "--config", str(recipe))
+    assert_one_message(result, "train", f"`--config {recipe}`: the recipe is a YAML list, not a mapping")
+    assert "Write one `argument: value` line per argument" in result.stderr
+
+
+def test_train_with_a_recipe_that_is_not_yaml(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("a: [1, 2\nb: 3\n")
+    result = run_cli("train", str(recipe))  # the recipe as first argument, as in `ple-trl train hh`
+    assert_one_message(result, "train", f"`--config {recipe}`: the recipe is not valid YAML")
+    assert "(line 2, column 2)" in result.stderr and "Fix the syntax there" in result.stderr
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"], ids=["zero_bytes", "blank_lines"])
+def test_train_with_an_empty_jsonl_dataset(tmp_path, content):
+    dataset = tmp_path / "prompts.jsonl"
+    dataset.write_text(content)
+    result = run_cli(
+        "train", "--model_name_or_path", "m", "--dataset_name", str(dataset), "--reward_funcs", "vader_sentiment",
+        "--principle", "be kind", "--output_dir", str(tmp_path), "--use_cpu", "True",
+    )  # fmt: skip
+    what = "is empty (0 bytes)" if not content else "has only blank lines"
+    assert_one_message(result, "train", f"`--dataset_name`: the data file {str(dataset)!r} {what}")
+    assert 'one JSON object per line, e.g. `{"prompt": "Hello"}`' in result.stderr
+
+
+def test_eval_with_a_model_path_that_does_not_exist(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hello"}\n')
+    result = run_cli(
+        "eval", "--model_name_or_path", "./no-such-dir", "--dataset_name", str(prompts), "--dataset_split", "train",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert_one_message(result, "eval", "`--model_name_or_path`: the path './no-such-dir' does not exist")
+    assert "Give an existing local model folder, or a Hub id" in result.stderr
+
+
 def test_debug_flag_reraises_in_process(not_json, monkeypatch, capsys):
     monkeypatch.delenv("PLE_TRL_DEBUG", raising=False)
     assert cli.main(["plot", str(not_json)]) == 1

@@ -258,6 +258,40 @@ def check_generation_round(num_prompts: int, per_device_pairs: int, steps_per_ge
 
 DATA_FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
+# What to write in a data file that has no rows, by format.
+DATA_FILE_EXAMPLES = {
+    "json": 'one JSON object per line, e.g. `{"prompt": "Hello"}`',
+    "csv": "a header line (e.g. `prompt`) and one row per line",
+    "parquet": "rows, e.g. with `Dataset.from_dict({'prompt': [...]}).to_parquet(path)`",
+}
+
+
+def _data_file_is_blank(path: str) -> bool:
+    # Reads up to the first character that is not whitespace: at once for a file with rows.
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _check_data_file_has_rows(path: str, argument: str):
+    # The `datasets` loaders fail on an empty file with a StopIteration traceback (json) or "corresponds to no data".
+    empty = os.path.getsize(path) == 0
+    file_format = DATA_FILE_FORMATS.get(os.path.splitext(path)[1].lower())
+    if empty or (file_format in ("json", "csv") and _data_file_is_blank(path)):
+        what = "is empty (0 bytes)" if empty else "has only blank lines"
+        example = DATA_FILE_EXAMPLES.get(file_format, "rows")
+        raise ValueError(
+            f"`--{argument}`: the data file {path!r} {what}: there are no rows to read. Fill it with {example}, or "
+            "give another file."
+        )
+
+
+def _data_files_argument(argument: str) -> str:
+    # `dataset_name` -> `dataset_data_files` (and `sft_...`, `seed_...`): the argument that gives local data files.
+    return argument[: -len("_name")] + "_data_files" if argument.endswith("_name") else argument
+
 
 def _split_data_files(data_files: list[str], argument: str) -> dict[str, list[str]]:
     splits = {}
@@ -265,6 +299,7 @@ def _split_data_files(data_files: list[str], argument: str) -> dict[str, list[st
         split, path = entry.split("=", 1) if "=" in entry and not os.path.exists(entry) else ("train", entry)
         if not os.path.isfile(path):
             raise ValueError(f"`--{argument}` names {path!r}, which is not a file. Give existing local data files.")
+        _check_data_file_has_rows(path, _data_files_argument(argument))
         splits.setdefault(split, []).append(path)
     return splits
 
@@ -313,6 +348,7 @@ def load_split(
             "`--..._data_files`."
         )
     if name is not None and os.path.isfile(name):
+        _check_data_file_has_rows(name, argument)
         name, data_files = None, [name, *(data_files or [])]
     looks_local = name is not None and (
         name.startswith(("/", "./", "../", "~", "\\")) or os.path.splitext(name)[1].lower() in DATA_FILE_FORMATS

@@ -114,6 +114,16 @@ class EvalArguments(RewardArguments, DataArguments):
             raise ValueError(f"`--chat_template {self.chat_template}` must be `auto`, `on` or `off`.")
 
 
+# The arguments that name a model (a Hub id or a local folder), checked before anything loads.
+MODEL_ARGUMENTS = (
+    "model_name_or_path",
+    "model_b_name_or_path",
+    "perplexity_model_name_or_path",
+    "reward_model_name_or_path",
+    "reward_classifier_name_or_path",
+)
+
+
 def reward_funcs(args: EvalArguments) -> dict:
     """
     The rewards of `args`, by name: the reward model, the named reward functions and the classifier, each a reward
@@ -196,12 +206,16 @@ def main(argv: list[str] | None = None, prog: str | None = "ple-trl eval") -> di
     """
     import json
 
+    from .._inputs import _check_model_path
     from ..evaluation import evaluate_models, results_table
 
     argv = config_argv(sys.argv[1:] if argv is None else argv)
     (args,) = make_parser(prog).parse_args_and_config(argv)
     if args.model_name_or_path is None:
         raise ValueError("No model: set `--model_name_or_path` (a Hub id, a model folder or a LoRA adapter folder).")
+    for name in MODEL_ARGUMENTS:  # a missing folder is named before the prompts load, not taken for a bad Hub id
+        if getattr(args, name) is not None:
+            _check_model_path(getattr(args, name), f"--{name}")
     models = [args.model_name_or_path] + ([args.model_b_name_or_path] if args.model_b_name_or_path else [])
     if len(set(models)) != len(models):
         raise ValueError(f"`--model_b_name_or_path {models[1]}` is the same model as `--model_name_or_path`.")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from trl import ScriptArguments
 
 from .arguments import DataArguments, RewardArguments
-from .utils import config_argv
+from .utils import config_argv, load_recipe
 
 @dataclass
 class PLEScriptArguments(RewardArguments, DataArguments, ScriptArguments):
@@ -418,11 +418,7 @@ def _method_of(argv: list[str]) -> str:
         if arg.startswith("--method="):
             return arg.split("=", 1)[1]
     if "--config" in argv:
-        import yaml
-
-        with open(argv[argv.index("--config") + 1]) as f:
-            recipe = yaml.safe_load(f) or {}
-        return str(recipe.get("method", "ple"))
+        return str(load_recipe(argv[argv.index("--config") + 1]).get("method", "ple"))
     return "ple"
 
 
