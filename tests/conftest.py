@@ -20,6 +20,7 @@ from ple_trl.testing import (  # noqa: E402, F401  (re-exported: test modules im
     WORDS,
     build_tiny_causal_lm,
     build_tiny_reward_model,
+    build_tiny_vlm,
     make_policy_tokenizer,
     make_reward_tokenizer,
     make_word_tokenizer,
@@ -33,6 +34,12 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def tiny_model_path(tmp_path_factory):
     """Path of a randomly initialised 2-layer Llama with a word-level tokenizer and a chat template."""
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_path(tmp_path_factory):
+    """Path of a LLaVA with a 1-layer CLIP vision tower on 8x8 images and a 2-layer Llama, with its processor."""
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-llava"))
 
 
 @pytest.fixture(scope="session")

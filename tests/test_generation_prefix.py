@@ -1,6 +1,6 @@
-"""Generation runs a pair's common prompt prefix once (issue 13, item 2): the layout, the same next-token logits and
-greedy answers as generating every row from its own prompt, in PLETrainer and SPATrainer, with LoRA, and a logged
-reason wherever the prefix is not shared."""
+"""Generation runs a pair's common prompt prefix once: the layout, the same next-token logits and greedy answers as
+generating every row from its own prompt, in PLETrainer and SPATrainer, with LoRA, and a logged reason wherever the
+prefix is not shared. Family by family: `tests/test_model_families.py`."""
 
 import logging
 
@@ -145,7 +145,12 @@ def test_pletrainer_generates_the_same_answers_from_the_shared_prefix(
 ):
     def make(shared):
         kwargs = {"peft_config": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])} if lora else {}
-        args = make_args(tmp_path, generation_kwargs={"do_sample": False}, gradient_checkpointing=checkpointing)
+        args = make_args(
+            tmp_path,
+            generation_kwargs={"do_sample": False},
+            gradient_checkpointing=checkpointing,
+            share_prompt_prefix=None if shared else False,
+        )
         trainer = PLETrainer(
             model=AutoModelForCausalLM.from_pretrained(tiny_model_path), reward_funcs=by_position(0.0, 1.0),
             train_dataset=dialogue_dataset(), args=args, **kwargs,
@@ -154,8 +159,6 @@ def test_pletrainer_generates_the_same_answers_from_the_shared_prefix(
         if checkpointing:
             trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             assert trainer.model.is_gradient_checkpointing
-        if not shared:
-            trainer._generation_prefix_plan = lambda *args: (None, "switched off by the test")
         return trainer
 
     with caplog.at_level(logging.INFO, logger="ple_trl.trainer"):

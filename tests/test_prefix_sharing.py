@@ -1,14 +1,11 @@
-"""The loss pass runs each pair's plain prompt once (issue 13, item 1): same log-probs and gradients as the pass that
-runs it once per answer, and a logged fallback where sharing cannot hold."""
-
-import logging
+"""The loss pass runs each pair's plain prompt once: the same log-probs and gradients as GRPO's layout (the prompt run
+once per answer), with sdpa and eager, under LoRA, gradient checkpointing and gradient accumulation. Family by family,
+with the fallbacks and their logged reasons: `tests/test_model_families.py`."""
 
 import pytest
 import torch
-from conftest import make_policy_tokenizer
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import MistralConfig, MistralForCausalLM
 
 from ple_trl import PLETrainer
 
@@ -121,45 +118,3 @@ def test_shared_prompt_across_gradient_accumulation(tmp_path, tiny_model_path):
     trainer = make_trainer(tmp_path, tiny_model_path, gradient_accumulation_steps=2)
     device = trainer.accelerator.device
     assert_same(trainer, [pair_batch(3, device), pair_batch(4, device)])
-
-
-def test_the_training_loss_takes_the_shared_pass(tmp_path, tiny_model_path, monkeypatch):
-    trainer = make_trainer(tmp_path, tiny_model_path, max_steps=1)
-    calls = {"shared": 0, "separate": 0}
-    for name, key in (("_shared_prompt_logps", "shared"), ("_separate_prompt_logps", "separate")):
-        original = getattr(trainer, name)
-
-        def counted(*args, _original=original, _key=key, **kwargs):
-            calls[_key] += 1
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(trainer, name, counted)
-    trainer.train()
-    assert calls == {"shared": 1, "separate": 0}  # one optimizer step, one micro-batch, beta=0: no reference pass
-
-
-def test_sliding_window_model_falls_back_and_logs_once(tmp_path, caplog):
-    tokenizer = make_policy_tokenizer()
-    config = MistralConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=256, sliding_window=4, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    path = tmp_path / "tiny-mistral"
-    MistralForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    trainer = make_trainer(tmp_path / "out", str(path))
-    batch = pair_batch(5, trainer.accelerator.device)
-    with caplog.at_level(logging.WARNING, logger="ple_trl.trainer"):
-        with torch.no_grad():
-            first = trainer._pair_logps(trainer.model, batch)
-            second = trainer._pair_logps(trainer.model, batch)
-            separate, _ = trainer._separate_prompt_logps(trainer.model, batch)
-    records = [r for r in caplog.records if "no prefix sharing" in r.getMessage()]
-    assert len(records) == 1
-    assert "sliding-window" in records[0].getMessage()
-    mask = batch["completion_mask"].transpose(0, 1).flatten(0, 1)
-    expected = (separate * mask).sum(-1).view(2, -1)
-    torch.testing.assert_close(first[0], expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(second[0], expected, atol=1e-6, rtol=0)

@@ -19,11 +19,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
     AutoTokenizer,
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlavaConfig,
     LlavaForConditionalGeneration,
-    LlavaProcessor,
     MixtralForCausalLM,
 )
 from trl import GRPOTrainer
@@ -36,15 +32,9 @@ from trl.trainer.utils import (
 
 from ple_trl import PLEConfig, PLETrainer
 from ple_trl.principles import wrap
+from ple_trl.testing import VLM_IMAGE_SIZE, VLM_PATCH_SIZE
 
-from conftest import (
-    POLICY_SPECIAL,
-    WORDS,
-    build_tiny_causal_lm,
-    completion_text,
-    make_word_tokenizer,
-    tiny_llama_config,
-)
+from conftest import build_tiny_causal_lm, completion_text
 from helpers import PRINCIPLE, PROMPTS, logged, snapshot
 from helpers import make_args as tiny_make_args
 
@@ -441,66 +431,8 @@ def tiny_moe_path(tmp_path_factory):
     )
 
 
-# Renders typed content (`{"type": "image"}` parts as the image token), as real VLM chat templates do.
-VLM_CHAT_TEMPLATE = (
-    "{% for message in messages %}<{{ message['role'] }}> "
-    "{% if message['content'] is string %}{{ message['content'] }} {% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image> {% elif part['type'] == 'text' %}{{ part['text'] }} {% endif %}"
-    "{% endfor %}{% endif %}</s> {% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
-)
-IMAGE_SIZE, PATCH_SIZE = 8, 4
+IMAGE_SIZE, PATCH_SIZE = VLM_IMAGE_SIZE, VLM_PATCH_SIZE
 IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # LLaVA's "default" feature strategy drops the CLS token
-
-
-@pytest.fixture(scope="session")
-def tiny_vlm_path(tmp_path_factory):
-    """A LLaVA with a 1-layer CLIP vision tower on 8x8 images and a 2-layer Llama, with its processor."""
-    path = tmp_path_factory.mktemp("tiny-llava")
-    torch.manual_seed(0)
-    tokenizer = make_word_tokenizer(
-        POLICY_SPECIAL + ["<image>"], WORDS, "<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
-    )
-    tokenizer.add_tokens(["<image>"], special_tokens=True)  # matched before the whitespace split: "<image><image>"
-    tokenizer.padding_side = "left"
-    tokenizer.chat_template = VLM_CHAT_TEMPLATE
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=VLM_CHAT_TEMPLATE,
-    )
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=IMAGE_SIZE,
-            patch_size=PATCH_SIZE,
-            projection_dim=16,
-        ),
-        text_config=tiny_llama_config(
-            len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return str(path)
 
 
 def image_dataset(column="image"):

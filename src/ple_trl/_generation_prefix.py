@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from trl.trainer.utils import pad
 
-from ._pair_forward import custom_mask_blocker
+from ._pair_forward import prefix_sharing_blocker, without_router_logits
 
 # The trainer's logger, so that log filters set on `ple_trl.trainer` keep applying to these messages.
 logger = logging.getLogger("ple_trl.trainer")
@@ -92,6 +92,7 @@ def prefill_shared_prefix(model, layout, device):
         position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),  # `generate`'s position ids for these columns
         use_cache=True,
         **head,
+        **without_router_logits(model.config),
     )
     name = "cache" if "cache" in outputs.keys() else "past_key_values"
     cache = outputs[name]
@@ -108,7 +109,7 @@ def generate_from_shared_prefix(model, generate, layout, input_ids, attention_ma
         input_ids=layout.input_ids.to(input_ids.device),
         attention_mask=layout.attention_mask.to(input_ids.device),
         **{name: cache},
-        **kwargs,
+        **{**without_router_logits(model.config), **kwargs},
     )
     return torch.cat([input_ids, output[:, layout.input_ids.size(1) :]], dim=1)
 
@@ -129,18 +130,23 @@ class SharedPrefixGenerationMixin:
             else:
                 logger.info(f"Generation runs every prompt token of both answers (no shared prefix): {reason}")
         arguments = (prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
-        if layout is None:
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        router = {} if self.use_vllm else without_router_logits(model.config)
+        if layout is None and not router:
             return super()._generate_single_turn(*arguments)
         # GRPO's transformers path calls `generate` on the unwrapped model: for this call, that `generate` continues
-        # from the prefix cache; GRPO's own handling (unwrapping, DeepSpeed gathering, EOS masking) is unchanged.
-        model = self.accelerator.unwrap_model(self.model_wrapped)
+        # from the prefix cache (and, for an MoE model whose config asks for router logits, leaves them out: their
+        # load-balancing loss fails under `generate` with a cache); GRPO's own handling (unwrapping, DeepSpeed
+        # gathering, EOS masking) is unchanged.
         previous = model.__dict__.get("generate")
         generate = model.generate
 
-        def generate_from_prefix(input_ids, attention_mask=None, **kwargs):
+        def patched_generate(input_ids, attention_mask=None, **kwargs):
+            if layout is None:
+                return generate(input_ids=input_ids, attention_mask=attention_mask, **router, **kwargs)
             return generate_from_shared_prefix(model, generate, layout, input_ids, attention_mask, **kwargs)
 
-        model.generate = generate_from_prefix
+        model.generate = patched_generate
         try:
             return super()._generate_single_turn(*arguments)
         finally:
@@ -149,32 +155,43 @@ class SharedPrefixGenerationMixin:
             else:
                 model.generate = previous
 
-    def _generation_prefix_plan(self, prompt_ids, images, multimodal_fields):
-        """The [`SharedPrefix`] layout of this round and `None`, or `None` and why the prefix is not shared."""
-        if self.use_vllm:
-            return None, "vLLM: its automatic prefix caching shares prefixes itself"
+    def _generation_settings_blocker(self, training: bool | None = None):
+        """Why the model or the generation settings keep the transformers path from generating a pair's answers from
+        their shared prompt prefix, or `None`."""
         if self.use_transformers_continuous_batching:
-            return None, "continuous batching: its paged cache is managed by transformers"
-        if images is not None or multimodal_fields:
-            return None, "multimodal prompts: image features are placed by position"
-        blocker = custom_mask_blocker(self.accelerator.unwrap_model(self.model_wrapped).config)
+            return "continuous batching: its paged cache is managed by transformers"
+        blocker = prefix_sharing_blocker(self.accelerator.unwrap_model(self.model_wrapped), training)
         if blocker is not None:
-            return None, blocker
+            return blocker
         generation_config = self.generation_config
         if generation_config.use_cache is False:
-            return None, "use_cache=False: generation keeps no KV cache to continue from"
+            return "use_cache=False: generation keeps no KV cache to continue from"
         if generation_config.cache_implementation is not None:
-            return None, f"cache_implementation={generation_config.cache_implementation!r}: only the default cache"
+            return f"cache_implementation={generation_config.cache_implementation!r}: only the default cache"
         if (generation_config.num_beams or 1) > 1:
-            return None, "beam search"
+            return "beam search"
         if generation_config.repetition_penalty not in (None, 1.0) or generation_config.no_repeat_ngram_size:
-            return None, "repetition penalties: they read the prompt and its padding, which sharing moves"
+            return "repetition penalties: they read the prompt and its padding, which sharing moves"
         if generation_config.min_length:
-            return None, "min_length: it counts the padded prompt, which sharing widens (min_new_tokens does not)"
+            return "min_length: it counts the padded prompt, which sharing widens (min_new_tokens does not)"
+        return None
+
+    def _generation_prefix_plan(self, prompt_ids, images, multimodal_fields):
+        """The [`SharedPrefix`] layout of this round and `None`, or `None` and why the prefix is not shared."""
+        if self.args.share_prompt_prefix is False:
+            return None, "share_prompt_prefix=False"
+        if self.use_vllm:
+            return None, "vLLM: its automatic prefix caching shares prefixes itself"
+        if images is not None or multimodal_fields:
+            return None, "multimodal prompts: image features are placed by position"
+        blocker = self._generation_settings_blocker()
+        if blocker is not None:
+            return None, blocker
         layout = shared_prefix_layout(prompt_ids, self._tokenizer.pad_token_id)
         if layout is None:
             return None, "too few shared tokens: a pair's two prompts differ from their first token"
-        if sum(layout.shared) < MIN_SHARED_TOKENS * len(layout.shared):
+        # `share_prompt_prefix=True` shares whatever the pairs share; the default only where it pays.
+        if not self.args.share_prompt_prefix and sum(layout.shared) < MIN_SHARED_TOKENS * len(layout.shared):
             return None, (
                 f"too few shared tokens: the pairs share {sum(layout.shared) / len(layout.shared):.1f} tokens on "
                 f"average, fewer than {MIN_SHARED_TOKENS}"

@@ -36,9 +36,43 @@ PLAIN_TEXT_IMAGES_ERROR = (
 )
 
 
-def custom_mask_blocker(config):
-    """Why a model cannot run a layout other than one left-padded prompt per row (a custom 4D mask in the loss pass,
-    padding between a shared prefix and the rest of the prompt at generation), or `None` when it can."""
+# The model families on which running a pair's shared prompt prefix once was proven to give the numbers of the
+# unshared layout: for each `model_type`, the config values the proof holds for (Falcon: rotary positions, not ALiBi).
+# A family joins only with a test on a tiny model of it (`tests/test_model_families.py`: the same log-probs and
+# answers, shared and unshared). The others differ or fail: OPT takes its positions from the 2D mask (not from
+# `position_ids`), MPT, Bloom and Falcon with ALiBi add position biases a packed row breaks, RWKV has no attention.
+SHARED_PREFIX_FAMILIES = {
+    "llama": {},
+    "qwen2": {},
+    "qwen3": {},
+    "gemma": {},
+    "mistral": {},
+    "phi": {},
+    "phi3": {},
+    "gpt2": {},
+    "gpt_neox": {},
+    "falcon": {"alibi": False},
+    "qwen3_moe": {},
+    "mixtral": {},
+}
+
+
+def prefix_sharing_blocker(model, training: bool | None = None):
+    """Why `model` cannot run a layout other than one left-padded prompt per row (a custom 4D mask in the loss pass,
+    padding between a shared prefix and the rest of the prompt at generation), or `None` when it can: its family is
+    one of [`SHARED_PREFIX_FAMILIES`], with sdpa or eager attention, no sliding-window or non-attention layer, and no
+    dropout active (a shared layout would draw other dropout masks than the unshared one) when it runs in training mode
+    (`training`, by default the model's own mode)."""
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SHARED_PREFIX_FAMILIES:
+        return (
+            f"model type {model_type!r} is not among the families proven to give the same numbers with a shared "
+            f"prompt ({', '.join(sorted(SHARED_PREFIX_FAMILIES))})"
+        )
+    for name, value in SHARED_PREFIX_FAMILIES[model_type].items():
+        if getattr(config, name, None) != value:
+            return f"{model_type} with `{name}={getattr(config, name, None)!r}` (proven for `{name}={value!r}` only)"
     implementation = getattr(config, "_attn_implementation", None)
     if implementation not in ("sdpa", "eager"):
         return f"attention implementation {implementation!r} takes no custom 4D mask (sdpa and eager do)"
@@ -47,7 +81,21 @@ def custom_mask_blocker(config):
     windowed = getattr(text_config, "sliding_window", None) and getattr(text_config, "use_sliding_window", True)
     if windowed or any(kind != "full_attention" for kind in layer_types):
         return "the model has sliding-window or non-attention layers, which a custom mask would not reproduce"
+    if model.training if training is None else training:
+        rates = [module.p for module in model.modules() if isinstance(module, nn.Dropout)]
+        rates.append(getattr(text_config, "attention_dropout", 0.0) or 0.0)
+        if max(rates) > 0:
+            return (
+                f"dropout is active (p={max(rates)}): a shared layout draws other dropout masks (`disable_dropout=True` "
+                "turns it off)"
+            )
     return None
+
+
+def without_router_logits(config) -> dict:
+    """The forward keyword that keeps an MoE model with `output_router_logits=True` in its config from computing its
+    load-balancing loss, which reads a 2D padding mask, on a shared-prefix layout (where nothing needs it)."""
+    return {"output_router_logits": False} if getattr(config, "output_router_logits", False) else {}
 
 
 class PairForwardMixin:
@@ -102,13 +150,16 @@ class PairForwardMixin:
         Returns the per-answer sums and means of the log-probs, `(2, pairs)` each, and the MoE load-balancing loss of
         this forward (`None` unless `compute_aux_loss`)."""
         blocker = self._prefix_sharing_blocker(model, inputs, compute_aux_loss)
+        said = self.__dict__.setdefault("_loss_pass_said", set())
+        if blocker not in said:  # once per path (and per reason): which layout the loss pass takes, and why
+            said.add(blocker)
+            if blocker is None:
+                logger.info("The loss pass runs each pair's plain prompt once, shared by its two answers")
+            else:
+                logger.info(f"The loss pass runs each plain prompt once per answer (no prefix sharing): {blocker}")
         if blocker is None:
             per_token_logps, aux_loss = self._shared_prompt_logps(model, inputs), None
         else:
-            warned = self.__dict__.setdefault("_prefix_sharing_warned", set())
-            if blocker not in warned:
-                warned.add(blocker)
-                logger.warning(f"The loss pass runs each plain prompt once per answer (no prefix sharing): {blocker}")
             per_token_logps, aux_loss = self._separate_prompt_logps(model, inputs, compute_aux_loss)
         num_pairs = inputs["prompt_ids"].size(0)
         completion_mask = inputs["completion_mask"].transpose(0, 1).flatten(0, 1)
@@ -134,16 +185,40 @@ class PairForwardMixin:
 
     def _prefix_sharing_blocker(self, model, inputs, compute_aux_loss):
         """Why the pair's shared plain prompt cannot be run once in the loss pass, or `None` when it can."""
+        if self.args.share_prompt_prefix is False:
+            return "share_prompt_prefix=False"
         if compute_aux_loss:
             return "the MoE load-balancing loss reads a 2D padding mask"
         if any(inputs.get(key) is not None for key in ("num_images", "token_type_ids", "mm_token_type_ids")):
             return "multimodal prompts place their image features by position"
-        blocker = custom_mask_blocker(self.accelerator.unwrap_model(model).config)
+        blocker = prefix_sharing_blocker(self.accelerator.unwrap_model(model))
         if blocker is not None:
             return blocker
         if inputs["prompt_ids"].size(1) == 0 or not bool(inputs["prompt_mask"][:, -1].all()):
             return "a prompt is empty or not left-padded"
         return None
+
+    def _check_required_prefix_sharing(self, datasets):
+        """With `share_prompt_prefix=True`, the reason the run could not share its prompts (the model, the MoE loss, a
+        generation setting, images), as an error at construction."""
+        if not self.args.share_prompt_prefix:
+            return
+        reason = prefix_sharing_blocker(self.accelerator.unwrap_model(self.model), training=True)
+        if reason is None and self.aux_loss_enabled:
+            reason = "the MoE load-balancing loss of the trained pass reads a 2D padding mask"
+        if reason is None and any(
+            hasattr(dataset, "column_names")
+            and {"image", "images"} & set(dataset.column_names or next(iter(dataset)).keys())
+            for dataset in datasets
+        ):
+            reason = "multimodal prompts place their image features by position"
+        if reason is None:
+            reason = self._generation_settings_blocker(training=True)
+        if reason is not None:
+            raise ValueError(
+                f"`share_prompt_prefix=True`, but this run cannot run a pair's shared prompt once: {reason}. Set "
+                "`share_prompt_prefix=None` (share where it is proven exact, the default) or `False`."
+            )
 
     def _shared_prompt_logps(self, model, inputs):
         """Per-token log-probs of both answers of every pair, `(2 * pairs, completion length)`, from one row per pair.
@@ -196,6 +271,7 @@ class PairForwardMixin:
                 position_ids=position_ids,
                 shift_labels=shift_labels,
                 fused_lm_head=True,
+                **without_router_logits(config),
             )
         log_probs = outputs.log_probs
         first = prompt_length - 1

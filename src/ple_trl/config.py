@@ -264,6 +264,15 @@ class PLEConfig(GRPOConfig):
             `{output_dir}/enhanced_labels.jsonl`, one record per trained pair: a fresh run starts a fresh file, a
             resumed run drops the records generated after its checkpoint.
 
+    Parameters that control speed:
+        share_prompt_prefix (`bool` or `None`, *optional*, defaults to `None`):
+            Run the prompt tokens a pair's two sequences share once: the plain prompt of the loss pass (shared by both
+            answers) and the common start of the two prompts at generation (a dialogue's earlier turns, a system
+            prompt). `None` shares wherever it is proven to give the numbers of the unshared layout (the model
+            families of `SHARED_PREFIX_FAMILIES`, sdpa or eager attention, no sliding window; at generation, pairs
+            sharing 16 tokens or more on average), and says once at INFO why it does not elsewhere. `True` shares
+            whatever the pairs share and is an error where the model or the settings cannot. `False` never shares.
+
     Parameters of the implicit reward (SPA's self-judging reward):
         reward_source (`str`, *optional*, defaults to `"reward_funcs"`):
             `"reward_funcs"`: the trainer's reward functions/models (and `reward_model_name_or_path`). `"implicit"`: no
@@ -370,6 +379,15 @@ class PLEConfig(GRPOConfig):
     )
     save_enhanced_labels: bool = field(
         default=False, metadata={"help": "Write every enhanced label to `{output_dir}/enhanced_labels.jsonl`."}
+    )
+
+    # Parameters that control speed
+    share_prompt_prefix: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run a pair's shared prompt tokens once (loss pass, generation): None where proven exact for the "
+            "model family, True required (an error where it cannot), False never."
+        },
     )
 
     # Overridden GRPO defaults
@@ -629,6 +647,11 @@ class PLEConfig(GRPOConfig):
             raise ValueError(f"`steps_per_iteration={self.steps_per_iteration}` must be >= 1.")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ValueError(f"`max_prompt_length={self.max_prompt_length}` must be >= 1 or None.")
+        if self.share_prompt_prefix not in (None, True, False):
+            raise ValueError(
+                f"`share_prompt_prefix={self.share_prompt_prefix!r}` must be None (share where proven exact), True "
+                "(required) or False (never)."
+            )
         if self.reward_batch_size is not None and self.reward_batch_size < 1:
             raise ValueError(f"`reward_batch_size={self.reward_batch_size}` must be >= 1 or None.")
 

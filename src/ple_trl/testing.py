@@ -9,7 +9,13 @@ with them, so the test suite and the benchmarks share one builder.
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
 
 # The policy's word-level vocabulary. Positive and negative words let reward functions score answers by hand.
 POSITIVE_WORDS = ["good", "great", "kind", "happy", "warm", "nice"]
@@ -90,6 +96,39 @@ def tiny_llama_config(vocab_size: int, **kwargs) -> LlamaConfig:
     return LlamaConfig(vocab_size=vocab_size, **{**TINY_SIZES, **kwargs})
 
 
+def save_tiny_causal_lm(path, config, seed: int = 0, model_class=None) -> str:
+    """
+    Save a randomly initialised causal LM of `config` (any family) and the policy tokenizer under `path`.
+
+    Args:
+        path (`str` or `os.PathLike`): the folder.
+        config ([`~transformers.PretrainedConfig`]): the model's configuration; its vocabulary must be the policy
+            tokenizer's (`len(make_policy_tokenizer())` tokens).
+        seed (`int`, *optional*, defaults to `0`): seed of the weights.
+        model_class (`type`, *optional*): the architecture; [`~transformers.AutoModelForCausalLM`] picks it from
+            `config` when `None`.
+
+    Returns:
+        `str`: `path`, to pass as `model=`.
+    """
+    torch.manual_seed(seed)
+    tokenizer = make_policy_tokenizer()
+    model = model_class(config) if model_class is not None else AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def policy_special_ids() -> dict:
+    """The policy tokenizer's `pad_token_id`, `bos_token_id` and `eos_token_id`, as config arguments."""
+    tokenizer = make_policy_tokenizer()
+    return dict(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+
+
 def build_tiny_causal_lm(path, seed: int = 0, model_class=LlamaForCausalLM, **config_kwargs) -> str:
     """
     Save a randomly initialised tiny causal LM (a Llama by default) and the policy tokenizer under `path`.
@@ -104,17 +143,87 @@ def build_tiny_causal_lm(path, seed: int = 0, model_class=LlamaForCausalLM, **co
     Returns:
         `str`: `path`, to pass as `model=`.
     """
-    torch.manual_seed(seed)
-    tokenizer = make_policy_tokenizer()
-    special_ids = dict(
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    config = model_class.config_class(
+        vocab_size=len(make_policy_tokenizer()), **{**TINY_SIZES, **policy_special_ids(), **config_kwargs}
     )
-    config = model_class.config_class(vocab_size=len(tokenizer), **{**TINY_SIZES, **special_ids, **config_kwargs})
-    model = model_class(config)
+    return save_tiny_causal_lm(path, config, seed=seed, model_class=model_class)
+
+
+# A chat template that renders typed content (`{"type": "image"}` parts as the image token), as real VLM templates do.
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}<{{ message['role'] }}> "
+    "{% if message['content'] is string %}{{ message['content'] }} {% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image> {% elif part['type'] == 'text' %}{{ part['text'] }} {% endif %}"
+    "{% endfor %}{% endif %}</s> {% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+# The tiny VLM's images: 8x8 pixels in 4x4 patches.
+VLM_IMAGE_SIZE, VLM_PATCH_SIZE = 8, 4
+
+
+def build_tiny_vlm(path, seed: int = 0) -> str:
+    """
+    Save a LLaVA with a 1-layer CLIP vision tower on 8x8 images and a 2-layer Llama ([`TINY_SIZES`]), with its
+    processor (the policy's words, an `<image>` token, [`VLM_CHAT_TEMPLATE`]), under `path`.
+
+    Args:
+        path (`str` or `os.PathLike`): the folder.
+        seed (`int`, *optional*, defaults to `0`): seed of the weights.
+
+    Returns:
+        `str`: `path`, to pass as `model=`.
+    """
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = make_word_tokenizer(
+        POLICY_SPECIAL + ["<image>"], WORDS, "<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.add_tokens(["<image>"], special_tokens=True)  # matched before the whitespace split: "<image><image>"
+    tokenizer.padding_side = "left"
+    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": VLM_IMAGE_SIZE}, crop_size={"height": VLM_IMAGE_SIZE, "width": VLM_IMAGE_SIZE}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=VLM_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=VLM_CHAT_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=VLM_IMAGE_SIZE,
+            patch_size=VLM_PATCH_SIZE,
+            projection_dim=16,
+        ),
+        text_config=tiny_llama_config(
+            len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    processor.save_pretrained(path)
     return str(path)
 
 

@@ -340,6 +340,9 @@ class PLETrainer(
         self._ple_train_sampler = None
         self.add_callback(_SamplerEpochCallback(self))
         self._check_images(train_dataset, eval_dataset)
+        self._check_required_prefix_sharing(
+            [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]
+        )
 
     def _check_images(self, train_dataset, eval_dataset):
         # Images are refused here, before training, where PLE cannot give them to the policy.
