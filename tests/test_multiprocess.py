@@ -11,6 +11,7 @@ so torchrun launches the CPU run; the accelerate state it builds is MULTI_CPU ov
 import importlib.util
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def _read_run(output_dir, num_processes):
         rewards[rank] = [
             json.loads(line) for line in (output_dir / f"rewards_rank{rank}.jsonl").read_text().splitlines()
         ]
-    return {"labels": labels, "logs": logs, "rewards": rewards, "states": states}
+    return {"labels": labels, "logs": logs, "rewards": rewards, "states": states, "dir": output_dir}
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,21 @@ def test_runs_are_what_they_claim(runs):
         assert state["distributed_type"] == "DistributedType.MULTI_CPU"
         assert state["num_processes"] == 2 and state["backend"] == "gloo" and state["device"].startswith("cpu")
         assert state["shared_prefix_rounds"] == STEPS
+
+
+def test_each_rank_draws_principles_from_its_own_stream_and_saves_it(runs, tmp_path_factory):
+    # Rank r draws from `Random(seed + r)`, one principle per pair, and saves where its stream stands in the checkpoint.
+    script = _load_script()
+    draws = {}
+    for rank in (0, 1):
+        mine = {(r["step"], r["prompt"]) for r in runs["two"]["rewards"][rank]}
+        drawn = [r["principle"] for r in runs["two"]["labels"] if (r["step"], r["prompt"]) in mine]
+        stream = random.Random(0 + rank)
+        assert drawn == [stream.choice(script.PRINCIPLES) for _ in drawn] and len(drawn) == STEPS * 2
+        saved = torch.load(runs["two"]["dir"] / f"checkpoint-{STEPS}" / f"pair_state-rank{rank}.pt", weights_only=False)
+        assert saved["principle_rng_state"] == stream.getstate()
+        draws[rank] = drawn
+    assert draws[0] != draws[1]
 
 
 def test_every_pair_is_labelled_once(runs):

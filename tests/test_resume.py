@@ -14,13 +14,14 @@ import sys
 import pytest
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 import ple_trl
 from ple_trl import PLETrainer
 
-from helpers import KILL_RESUME_RUN, read_labels, tiny_args
+from helpers import KILL_RESUME_RUN, logged, read_labels, tiny_args
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ple_kill_resume.py")
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
@@ -72,6 +73,37 @@ def test_resume_inside_a_later_epoch_is_bit_identical(tmp_path, tiny_model_path,
     resumed = make_trainer(tiny_model_path, positivity, tmp_path / "resumed", prompts=prompts, max_steps=6)
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
     assert read_labels(tmp_path / "resumed") == read_labels(tmp_path / "full")[8:]  # steps 4 and 5
+    for (name, param), (_, other) in zip(full.model.named_parameters(), resumed.model.named_parameters(), strict=True):
+        assert torch.equal(param, other), name
+
+
+class StopAfter(TrainerCallback):
+    """Stops training after `step` optimizer steps, as a killed run would (its checkpoint at that step saved)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+@pytest.mark.parametrize("schedule", [{"steps_per_generation": 2}, {"num_iterations": 2}])
+def test_resume_inside_a_generation_round_is_exact(tmp_path, tiny_model_path, positivity, schedule):
+    # A round of 4 pairs trained over 2 optimizer steps (2 micro-batches, or 2 passes over one batch of 2 pairs with
+    # `num_iterations=2`...), and a checkpoint after every step: checkpoint-1 is inside the first round.
+    kwargs = {"max_steps": 4, "save_steps": 1, **schedule}
+    full = make_trainer(tiny_model_path, positivity, tmp_path / "full", **kwargs)
+    full.train()
+    interrupted = make_trainer(tiny_model_path, positivity, tmp_path / "run", **kwargs)
+    interrupted.add_callback(StopAfter(1))
+    interrupted.train()
+    assert interrupted.state.global_step == 1 and os.path.isdir(tmp_path / "run" / "checkpoint-1")
+    resumed = make_trainer(tiny_model_path, positivity, tmp_path / "run", **kwargs)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    # The round is not generated again: the same pairs, labels and losses, and one audit record per trained pair.
+    assert read_labels(tmp_path / "run") == read_labels(tmp_path / "full")
+    assert logged(resumed, "loss") == logged(full, "loss")  # step 1 from the checkpoint's log history
     for (name, param), (_, other) in zip(full.model.named_parameters(), resumed.model.named_parameters(), strict=True):
         assert torch.equal(param, other), name
 

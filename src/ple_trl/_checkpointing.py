@@ -24,8 +24,12 @@ from ._logging import ROUTE_NAMES
 logger = logging.getLogger("ple_trl.trainer")
 
 AUDIT_LOG_NAME = "enhanced_labels.jsonl"
-# PLE's own resumable state (the principle draws), saved in every checkpoint before transformers' trainer_state.json.
+# PLE's own resumable state common to every process (the iteration snapshot's iteration, SPA's margins), saved in every
+# checkpoint before transformers' trainer_state.json.
 PLE_STATE_NAME = "ple_state.json"
+# Each process's own: its principle draws, its micro-step count and, in a checkpoint saved inside a generation round
+# (`steps_per_generation * num_iterations` micro-steps), the pairs of that round it has yet to train.
+RANK_STATE_NAME = "pair_state-rank{rank}.pt"
 # transformers writes trainer_state.json last when it saves a checkpoint: a checkpoint folder without it is incomplete.
 TRAINER_STATE_NAME = "trainer_state.json"
 # The weights of the policy as at the start of the current iteration (SPA's reference, the implicit reward's judge):
@@ -241,13 +245,19 @@ class ResumableAuditMixin:
         folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         checkpoint = os.path.join(self._get_output_dir(trial=trial), folder)
         try:
+            # Written before transformers' files, so that a checkpoint with trainer_state.json (written last) has
+            # them too. Every process writes its own state, as transformers writes its RNG states.
+            os.makedirs(checkpoint, exist_ok=True)
+            inside_round = self._step % (self.args.steps_per_generation * self.num_iterations) != 0
+            rank_state = {
+                "principle_rng_state": self._principle_rng.getstate(),
+                "step": self._step,
+                "buffered_inputs": self._buffered_inputs if inside_round else None,
+            }
+            torch.save(rank_state, os.path.join(checkpoint, RANK_STATE_NAME.format(rank=self.args.process_index)))
             if self.args.should_save:
-                # Written before transformers' files, so that a checkpoint with trainer_state.json (written last) has
-                # it too.
-                os.makedirs(checkpoint, exist_ok=True)
-                version, internal, gauss_next = self._principle_rng.getstate()
                 with open(os.path.join(checkpoint, PLE_STATE_NAME), "w") as f:
-                    json.dump({"principle_rng_state": [version, list(internal), gauss_next], **self._extra_state()}, f)
+                    json.dump(self._extra_state(), f)
                 self._save_snapshot(checkpoint)
             super()._save_checkpoint(model, trial)
         except Exception as error:
@@ -264,16 +274,28 @@ class ResumableAuditMixin:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        path = os.path.join(checkpoint, PLE_STATE_NAME)
+        self._load_rank_state(checkpoint)
         state = {}
+        path = os.path.join(checkpoint, PLE_STATE_NAME)
         if os.path.isfile(path):
             with open(path) as f:
                 state = json.load(f)
-            version, internal, gauss_next = state["principle_rng_state"]
-            self._principle_rng.setstate((version, tuple(internal), gauss_next))
-        elif self.args.principles is not None:
-            logger.warning(
-                f"{checkpoint} has no {PLE_STATE_NAME} (saved by an older ple-trl): the principle draws restart from "
-                "`seed` instead of continuing where the run stopped."
-            )
         self._load_extra_state(state, checkpoint)
+
+    def _load_rank_state(self, checkpoint):
+        """This process's principle draws, micro-step count and unfinished generation round, as saved."""
+        path = os.path.join(checkpoint, RANK_STATE_NAME.format(rank=self.args.process_index))
+        if not os.path.isfile(path):
+            logger.warning(
+                f"{checkpoint} has no {os.path.basename(path)} (saved by another number of processes, or an older "
+                "ple-trl): the principle draws restart from `seed`, and a generation round the checkpoint was inside "
+                "is generated again."
+            )
+            return
+        # The state is this trainer's own (tensors, lists, the `random` state): not a file from elsewhere.
+        state = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        self._principle_rng.setstate(state["principle_rng_state"])
+        self._step = state["step"]
+        # Inside a round, its remaining micro-batches are trained as saved, not generated again: exactly the pairs,
+        # labels and order of the uninterrupted run. At a round boundary the next round is generated as usual.
+        self._buffered_inputs = state["buffered_inputs"]

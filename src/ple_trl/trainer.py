@@ -332,7 +332,8 @@ class PLETrainer(
             if max_length is not None:  # long dialogues lose their start, never overflow the reward model
                 self.reward_funcs[i] = LeftTruncatingRewardModel(reward_func, max_length)
 
-        self._principle_rng = random.Random(args.seed)
+        # Each process draws its own principles (independent streams, saved per process in checkpoints).
+        self._principle_rng = random.Random(args.seed + self.accelerator.process_index)
         self._skipped_pairs_total = 0
         self._steps_per_epoch = None
         # PLE's completions table: one row per pair of the latest generation round(s), like GRPO's `_logs`.

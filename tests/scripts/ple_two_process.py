@@ -13,6 +13,8 @@ checks that layout and fails loudly if it changes.
 The principle follows the prompt (`principle_template="{prompt} {principle}"`) and the threshold of shared tokens is
 lowered to 1, so generation runs each pair's common prompt (6 tokens) once: the shared-prefix path runs under DDP.
 
+Each pair draws its principle from `PRINCIPLES`, and the run saves a checkpoint at its last step.
+
 Each process writes `rewards_rank{r}.jsonl` (the rewards it computed for its own pairs, per step) and
 `log_rank{r}.json` (its `trainer.state.log_history`), `state_rank{r}.json` (its accelerate state and how many rounds
 it generated from a shared prefix); the main process also writes `enhanced_labels.jsonl`.
@@ -30,6 +32,8 @@ warnings.simplefilter("ignore", FutureWarning)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+# Each pair draws one: every process from its own stream (`seed` + its index), saved in its checkpoint.
+PRINCIPLES = ["be positive .", "be kind .", "be very short ."]
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
 PROMPTS = [f"tell me about the movie {n} :" for n in NUMBERS]
 # (plain reward, principle-guided reward) per prompt. The dataset is not shuffled, so with 4 pairs per round and 2
@@ -79,7 +83,7 @@ def main():
 
     args = PLEConfig(
         output_dir=cli.output_dir,
-        principle="be positive .",
+        principles=PRINCIPLES,
         principle_template="{prompt} {principle}",
         per_device_train_batch_size=cli.pairs_per_device,
         gradient_accumulation_steps=1,
@@ -93,7 +97,8 @@ def main():
         bf16=False,
         gradient_checkpointing=False,
         report_to="none",
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=cli.max_steps,
         seed=0,
         shuffle_dataset=False,
         save_enhanced_labels=True,
