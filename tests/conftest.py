@@ -37,6 +37,13 @@ def tiny_model_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def init_model_path(tmp_path_factory):
+    """A second tiny Llama (other weights, the same tokenizer): `pi_init` of the implicit reward, as the model an SFT
+    or seed-DPO stage started from."""
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-init-lm"), seed=1)
+
+
+@pytest.fixture(scope="session")
 def tiny_vlm_path(tmp_path_factory):
     """Path of a LLaVA with a 1-layer CLIP vision tower on 8x8 images and a 2-layer Llama, with its processor."""
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny-llava"))

@@ -177,3 +177,22 @@ def test_reward_spec_errors_name_the_spec(console_script_path):
     with pytest.raises(ValueError, match=r"the file 'my_rewards.py' has no function 'other'"):
         load_reward_func("my_rewards.py:other")
     assert load_reward_func("colorsys:rgb_to_hsv")(0.0, 0.0, 0.0) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "stages"),
+    [
+        (["--reward_source", "implicit"], "Add an SFT stage (`--sft_dataset_name`)"),
+        (["--method", "spa"], "Add a seed DPO stage (`--seed_dataset_name`) or an SFT stage (`--sft_dataset_name`)"),
+    ],
+    ids=["ple-implicit", "spa"],
+)
+def test_train_with_the_implicit_reward_and_no_stage_to_be_pi_init(tmp_path, tiny_model_path, flags, stages):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "tell me about your day :"}\n' * 4)
+    principle = [] if "spa" in flags else ["--principle", "be kind"]
+    args = ["train", "--model_name_or_path", tiny_model_path, "--dataset_name", str(prompts), "--output_dir",
+            str(tmp_path / "out"), "--use_cpu", "True", *principle, *flags]  # fmt: skip
+    result = run_cli(*args)
+    assert_one_message(result, "train", f"`{flags[0]} {flags[1]}` scores answers with the implicit reward")
+    assert f"every reward would be exactly 0. {stages}" in result.stderr

@@ -170,9 +170,9 @@ def test_pletrainer_generates_the_same_answers_from_the_shared_prefix(
     assert shared_answers == unshared_answers
 
 
-def test_spatrainer_shares_all_but_the_last_prompt_token(tiny_model_path, tmp_path):
+def test_spatrainer_shares_all_but_the_last_prompt_token(tiny_model_path, init_model_path, tmp_path):
     trainer = SPATrainer(
-        model=tiny_model_path, train_dataset=dialogue_dataset(),
+        model=tiny_model_path, ref_model=init_model_path, train_dataset=dialogue_dataset(),
         args=tiny_args(tmp_path, SPAConfig, generation_kwargs={"do_sample": False}),
     )  # fmt: skip
     prompt_ids = trainer._tokenize_prompts([row["prompt"] for row in trainer.train_dataset.select(range(2))] * 2)[0]

@@ -133,7 +133,8 @@ def test_default_trains_as_unshared(tmp_path, family, caplog):
         assert not said(caplog, "runs each pair's common prompt prefix once")
         # The loss pass and generation, each said once, with the reason.
         assert len(reasons) == 2 and all(reason in text for text in reasons), reasons
-        with pytest.raises(ValueError, match=f"share_prompt_prefix=True.*cannot run a pair's shared prompt once.*{reason}"):
+        required = f"share_prompt_prefix=True.*cannot run a pair's shared prompt once.*{reason}"
+        with pytest.raises(ValueError, match=required):
             run(tmp_path / "required", model_path, True)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ple_trl.trainer"):
@@ -164,8 +165,8 @@ def crafted_pairs(vocab_size, pad_token_id):
 
 
 def by_hand_logps(model, batch):
-    """The sums of the answers' token log-probs, `(2, pairs)`, from the model's own logits on GRPO's layout (each answer
-    after its left-padded prompt, one row per answer), with none of the trainer's code."""
+    """The sums of the answers' token log-probs, `(2, pairs)`, from the model's own logits on GRPO's layout (each
+    answer after its left-padded prompt, one row per answer), with none of the trainer's code."""
     prompt_length = batch["prompt_ids"].size(1)
     ids = torch.cat([torch.cat([batch["prompt_ids"], batch["completion_ids"][:, j]], dim=1) for j in (0, 1)])
     mask = torch.cat([torch.cat([batch["prompt_mask"], batch["completion_mask"][:, j]], dim=1) for j in (0, 1)])

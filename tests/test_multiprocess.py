@@ -101,7 +101,8 @@ def test_runs_are_what_they_claim(runs):
 
 
 def test_each_rank_draws_principles_from_its_own_stream_and_saves_it(runs, tmp_path_factory):
-    # Rank r draws from `Random(seed + r)`, one principle per pair, and saves where its stream stands in the checkpoint.
+    # Rank r draws from `Random(seed + r)`, one principle per pair, and saves where its stream stands in its checkpoint
+    # file.
     script = _load_script()
     draws = {}
     for rank in (0, 1):
@@ -109,7 +110,8 @@ def test_each_rank_draws_principles_from_its_own_stream_and_saves_it(runs, tmp_p
         drawn = [r["principle"] for r in runs["two"]["labels"] if (r["step"], r["prompt"]) in mine]
         stream = random.Random(0 + rank)
         assert drawn == [stream.choice(script.PRINCIPLES) for _ in drawn] and len(drawn) == STEPS * 2
-        saved = torch.load(runs["two"]["dir"] / f"checkpoint-{STEPS}" / f"pair_state-rank{rank}.pt", weights_only=False)
+        path = runs["two"]["dir"] / f"checkpoint-{STEPS}" / f"pair_state-rank{rank}.pt"
+        saved = torch.load(path, weights_only=False)
         assert saved["principle_rng_state"] == stream.getstate()
         draws[rank] = drawn
     assert draws[0] != draws[1]

@@ -60,15 +60,15 @@ def test_implicit_reward_rejects_mismatched_shapes():
 # -- labelling ------------------------------------------------------------------------------------------------------
 
 
-def test_label_pairs_best_is_chosen_ties_go_to_a_and_non_finite_is_invalid():
+def test_label_pairs_best_is_chosen_and_ties_and_non_finite_are_invalid():
     rewards_a = torch.tensor([1.0, 0.0, 2.0, float("nan"), 1.0])
     rewards_b = torch.tensor([0.0, 1.5, 2.0, 0.0, float("-inf")])
     chosen_is_a, chosen_index, margin, valid = spa.label_pairs(rewards_a, rewards_b)
-    assert chosen_is_a.tolist() == [True, False, True, True, True]
-    assert chosen_index.tolist() == [0, 1, 0, 0, 0]
-    assert margin[:3].tolist() == [1.0, 1.5, 0.0]
-    assert math.isnan(margin[3].item()) and math.isnan(margin[4].item())
-    assert valid.tolist() == [True, True, True, False, False]
+    # A tie (pair 2) prefers neither answer: invalid like a non-finite reward, never a label.
+    assert valid.tolist() == [True, True, False, False, False]
+    assert chosen_is_a[:2].tolist() == [True, False] and chosen_index[:2].tolist() == [0, 1]
+    assert margin[:2].tolist() == [1.0, 1.5]
+    assert all(math.isnan(value) for value in margin[2:].tolist())
 
 
 def test_select_chosen_rejected_reorders_rows():

@@ -16,8 +16,7 @@ from ple_trl import PLEConfig, PLETrainer, SPAConfig, SPATrainer, spa
 from ple_trl.scripts.launch import recipe_path
 from ple_trl.trainer import AUDIT_LOG_NAME, PLE_STATE_NAME, SNAPSHOT_NAME
 
-from conftest import build_tiny_causal_lm
-from helpers import make_args, snapshot_all, tiny_args
+from helpers import make_args, read_labels, snapshot_all, tiny_args
 
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
 PROMPTS = [f"tell me about the movie {n} :" for n in NUMBERS[:4]]
@@ -25,19 +24,17 @@ PROMPTS = [f"tell me about the movie {n} :" for n in NUMBERS[:4]]
 SPA_RUN = dict(max_completion_length=4, max_steps=4, iteration_unit="steps", steps_per_iteration=2)
 
 
-@pytest.fixture(scope="module")
-def init_model_path(tmp_path_factory):
-    """A second tiny model (other weights, same tokenizer): `pi_init`, as the model a seed DPO started from."""
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-init-lm"), seed=1)
-
-
 def spa_args(output_dir, **kwargs):
     return tiny_args(output_dir, SPAConfig, **{**SPA_RUN, **kwargs})
 
 
-def spa_trainer(model, output_dir, prompts=PROMPTS, trainer_class=SPATrainer, trainer_kwargs=None, **kwargs):
+def spa_trainer(
+    model, output_dir, ref_model, prompts=PROMPTS, trainer_class=SPATrainer, trainer_kwargs=None, **kwargs
+):
+    """An SPA run of `SPA_RUN` against `pi_init = ref_model` (an SPA run needs one: see `test_pi_init_is_required`)."""
     return trainer_class(
         model=model,
+        ref_model=ref_model,
         args=spa_args(output_dir, **kwargs),
         train_dataset=Dataset.from_dict({"prompt": prompts}),
         **(trainer_kwargs or {}),
@@ -119,8 +116,8 @@ def test_implicit_reward_equals_hand_computed_log_ratio(tmp_path, tiny_model_pat
     assert rewards.abs().min() > 1e-3
 
 
-def test_best_worst_labelling_and_audit_log(tmp_path, tiny_model_path):
-    trainer = spa_trainer(tiny_model_path, tmp_path, save_enhanced_labels=True)
+def test_best_worst_labelling_and_audit_log(tmp_path, tiny_model_path, init_model_path):
+    trainer = spa_trainer(tiny_model_path, tmp_path, init_model_path, save_enhanced_labels=True)
     generated = {}
     generate = trainer._generate
 
@@ -160,8 +157,8 @@ def test_best_worst_labelling_and_audit_log(tmp_path, tiny_model_path):
     assert logged["spa/margin"] == [pytest.approx(2.75)]
 
 
-def test_non_finite_implicit_reward_skips_the_pair(tmp_path, tiny_model_path):
-    trainer = spa_trainer(tiny_model_path, tmp_path)
+def test_non_finite_implicit_reward_skips_the_pair(tmp_path, tiny_model_path, init_model_path):
+    trainer = spa_trainer(tiny_model_path, tmp_path, init_model_path)
     trainer._implicit_rewards = lambda output, judge_logps=None: torch.tensor([[float("nan"), 1.0], [0.0, 2.0]])
     trainer.model.train()
     output = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS[:2]])
@@ -184,8 +181,8 @@ def _loss_case(trainer, global_step, max_steps, history):
     return inputs, h.detach()
 
 
-def test_self_refined_loss_and_confidence_mask(tmp_path, tiny_model_path):
-    trainer = spa_trainer(tiny_model_path, tmp_path, margin_history_size=4, confidence_quantile=0.25)
+def test_self_refined_loss_and_confidence_mask(tmp_path, tiny_model_path, init_model_path):
+    trainer = spa_trainer(tiny_model_path, tmp_path, init_model_path, margin_history_size=4, confidence_quantile=0.25)
     trainer.model.train()
     inputs, h = _loss_case(trainer, global_step=5, max_steps=10, history=[0.0, 0.0, 0.0, 0.0])
     margins = 0.1 * h
@@ -212,8 +209,8 @@ def test_self_refined_loss_and_confidence_mask(tmp_path, tiny_model_path):
     assert trainer._margin_history.values == pytest.approx([hi, lo, hi, margins.mean().item()])
 
 
-def test_warm_up_keeps_plain_dpo(tmp_path, tiny_model_path):
-    trainer = spa_trainer(tiny_model_path, tmp_path)
+def test_warm_up_keeps_plain_dpo(tmp_path, tiny_model_path, init_model_path):
+    trainer = spa_trainer(tiny_model_path, tmp_path, init_model_path)
     trainer.model.train()
     # 20% of 10 steps: steps 0 and 1 are warm-up, with a threshold above every margin (every z = 0).
     inputs, h = _loss_case(trainer, global_step=1, max_steps=10, history=[1e6] * 50)
@@ -230,8 +227,8 @@ def test_warm_up_keeps_plain_dpo(tmp_path, tiny_model_path):
     assert trainer._metrics["train"]["spa/refined_fraction"] == [1.0]
 
 
-def test_decoupled_noise_detection_judges_on_mixed_logits(tmp_path, tiny_model_path):
-    trainer = spa_trainer(tiny_model_path, tmp_path, decouple_lambda=0.5)
+def test_decoupled_noise_detection_judges_on_mixed_logits(tmp_path, tiny_model_path, init_model_path):
+    trainer = spa_trainer(tiny_model_path, tmp_path, init_model_path, decouple_lambda=0.5)
     trainer.model.train()
     with torch.no_grad():  # move the policy away from the snapshot, so that the mixture differs from the policy
         trainer.model.model.layers[0].mlp.up_proj.weight.add_(0.5)
@@ -279,11 +276,13 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("use_peft", [False, True])
-def test_reference_refreshed_at_iteration_boundaries(tmp_path, tiny_model_path, use_peft):
+def test_reference_refreshed_at_iteration_boundaries(tmp_path, tiny_model_path, use_peft, init_model_path):
     kwargs = {}
     if use_peft:
         kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = spa_trainer(tiny_model_path, tmp_path, trainer_class=RecordingSPATrainer, trainer_kwargs=kwargs)
+    trainer = spa_trainer(
+        tiny_model_path, tmp_path, init_model_path, trainer_class=RecordingSPATrainer, trainer_kwargs=kwargs
+    )
     if use_peft:
         assert "ref" in trainer.model.peft_config and trainer._snapshot_model is None
         assert not any(p.requires_grad for p in trainer._snapshot_parameters().values())
@@ -297,9 +296,11 @@ def test_reference_refreshed_at_iteration_boundaries(tmp_path, tiny_model_path, 
     assert _same(snap3, snap2) and not _same(snap3, pol3)  # within iteration 1: unchanged
 
 
-def test_reference_and_margins_survive_resume(tmp_path, tiny_model_path):
+def test_reference_and_margins_survive_resume(tmp_path, tiny_model_path, init_model_path):
     out = tmp_path / "run"
-    trainer = spa_trainer(tiny_model_path, out, save_strategy="steps", save_steps=1, margin_history_size=3)
+    trainer = spa_trainer(
+        tiny_model_path, out, init_model_path, save_strategy="steps", save_steps=1, margin_history_size=3
+    )
     trainer.train()
     checkpoint = out / "checkpoint-3"
     # The snapshot saved at step 3 is the policy as at step 2 (the iteration boundary), not the step-3 policy.
@@ -315,7 +316,7 @@ def test_reference_and_margins_survive_resume(tmp_path, tiny_model_path):
     assert state["snapshot_iteration"] == 1 and len(state["margin_history"]["values"]) == 3
 
     resumed = spa_trainer(
-        tiny_model_path, out, trainer_class=RecordingSPATrainer, save_strategy="steps", save_steps=1,
+        tiny_model_path, out, init_model_path, trainer_class=RecordingSPATrainer, save_strategy="steps", save_steps=1,
         margin_history_size=3,
     )  # fmt: skip
     resumed.train(resume_from_checkpoint=str(checkpoint))
@@ -326,11 +327,11 @@ def test_reference_and_margins_survive_resume(tmp_path, tiny_model_path):
     assert resumed._margin_history.values[:2] == pytest.approx(state["margin_history"]["values"][1:])
 
 
-def test_peft_reference_adapter_survives_resume(tmp_path, tiny_model_path):
+def test_peft_reference_adapter_survives_resume(tmp_path, tiny_model_path, init_model_path):
     peft = {"peft_config": LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")}
     out = tmp_path / "run"
     kwargs = dict(save_strategy="steps", save_steps=1, trainer_class=RecordingSPATrainer, trainer_kwargs=peft)
-    trainer = spa_trainer(tiny_model_path, out, **kwargs)
+    trainer = spa_trainer(tiny_model_path, out, init_model_path, **kwargs)
     trainer.train()
     (_, initial, _), _, (_, at_boundary, _), (step, uninterrupted, _) = trainer.records
     assert step == 3 and not _same(uninterrupted, initial)
@@ -338,16 +339,14 @@ def test_peft_reference_adapter_survives_resume(tmp_path, tiny_model_path):
     assert saved and all(".ref." in name for name in saved)  # the adapter copy, not the model
 
     # transformers also reloads the "ref" adapter from its checkpoint subfolder; either way it must be the step-2 copy.
-    resumed = spa_trainer(tiny_model_path, out, **kwargs)
+    resumed = spa_trainer(tiny_model_path, out, init_model_path, **kwargs)
     resumed.train(resume_from_checkpoint=str(out / "checkpoint-3"))
     (step, snapshot, _), *_ = resumed.records
     assert step == 3 and _same(snapshot, uninterrupted) and _same(snapshot, at_boundary)
 
 
 def test_spa_end_to_end_no_reward(tmp_path, tiny_model_path, init_model_path):
-    trainer = spa_trainer(
-        tiny_model_path, tmp_path, save_enhanced_labels=True, trainer_kwargs={"ref_model": init_model_path}
-    )
+    trainer = spa_trainer(tiny_model_path, tmp_path, init_model_path, save_enhanced_labels=True)
     before = snapshot_all(trainer.model)
     trainer.train()
     after = snapshot_all(trainer.model)
@@ -369,19 +368,56 @@ def test_spa_end_to_end_no_reward(tmp_path, tiny_model_path, init_model_path):
     assert all(r["reward_chosen"] >= r["reward_rejected"] for r in records)
 
 
-def test_ple_with_implicit_reward_trains_without_reward_function(tmp_path, tiny_model_path):
+def test_ple_with_implicit_reward_trains_without_reward_function(tmp_path, tiny_model_path, init_model_path):
     args = make_args(tmp_path, reward_source="implicit", **SPA_RUN)
-    trainer = PLETrainer(model=tiny_model_path, args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+    dataset = Dataset.from_dict({"prompt": PROMPTS})
+    trainer = PLETrainer(model=tiny_model_path, ref_model=init_model_path, args=args, train_dataset=dataset)
     before = snapshot_all(trainer.model)
     trainer.train()
     after = snapshot_all(trainer.model)
     assert all(not torch.equal(before[name], after[name]) for name in before)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 4 and all("rewards/implicit_reward/mean" in entry for entry in logs)
-    # Iteration 0 judges with the initial policy, which is pi_init: every reward is 0. From the boundary on the judge
-    # is the step-2 policy, which differs from pi_init.
-    assert [entry["reward_std"] for entry in logs[:2]] == [0.0, 0.0]
-    assert all(entry["reward_std"] > 0 for entry in logs[2:])
+    # The judge (the policy as at the start of each iteration) differs from pi_init from the first round on.
+    assert all(entry["reward_std"] > 0 for entry in logs)
+
+
+@pytest.mark.parametrize(
+    "case", ["spa-full-model", "spa-fresh-adapter", "spa-ref-is-the-policy", "ple-implicit", "ple-fresh-adapter"]
+)
+def test_pi_init_is_required(tmp_path, tiny_model_path, case):
+    # Without a pi_init of its own, pi_init is the initial policy and every implicit reward is exactly 0.
+    lora = {"peft_config": LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")}
+    kwargs = {
+        "spa-fresh-adapter": lora, "ple-fresh-adapter": lora, "spa-ref-is-the-policy": {"ref_model": tiny_model_path}
+    }
+    if case.startswith("spa"):
+        trainer_class, args = SPATrainer, spa_args(tmp_path)
+    else:
+        trainer_class, args = PLETrainer, make_args(tmp_path, reward_source="implicit", **SPA_RUN)
+    with pytest.raises(ValueError, match=r"needs a `pi_init` other than the initial policy.*Pass `ref_model=`"):
+        trainer_class(model=tiny_model_path, args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+                      **kwargs.get(case, {}))  # fmt: skip
+
+
+def test_tied_pairs_are_counted_and_not_trained(tmp_path, tiny_model_path, init_model_path):
+    trainer = spa_trainer(tiny_model_path, tmp_path, init_model_path, save_enhanced_labels=True)
+    # Pair 0: two equal rewards (no preference); pair 1: the second answer preferred.
+    trainer._implicit_rewards = lambda output, judge_logps=None: torch.tensor([[0.5, 1.0], [0.5, 2.0]])
+    trainer.model.train()
+    output = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS[:2]])
+    assert output["valid"].tolist() == [False, True]
+    assert trainer._metrics["train"]["spa/tied_pairs"] == [1.0]
+    assert trainer._metrics["train"]["spa/skipped_pairs"] == [0.0]
+    assert [record["route"] for record in read_labels(tmp_path)] == ["tied", "dpo"]
+    # The tied pair weighs nothing: the loss is the DPO loss of pair 1 alone.
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.state.global_step, trainer.state.max_steps = 0, 4  # in the warm-up: plain DPO
+    loss = trainer._compute_loss(trainer.model, output)
+    sums, _, _ = trainer._pair_logps(trainer.model, output)
+    ref = output["ref_logps"]
+    h = (sums[0, 1] - ref[1, 0]) - (sums[1, 1] - ref[1, 1])
+    torch.testing.assert_close(loss, -torch.nn.functional.logsigmoid(0.1 * h), atol=1e-5, rtol=0)
 
 
 def test_implicit_reward_refuses_reward_functions(tmp_path, tiny_model_path, positivity):
@@ -567,10 +603,12 @@ def test_demo_method_spa_runs_seed_stage_then_spa(tmp_path, tiny_model_path, cap
     assert len(labels) == 4 and all("chosen" in row and "rejected" in row for row in labels)
 
 
-def test_spa_log_completions_writes_its_pairs(tmp_path, tiny_model_path):
+def test_spa_log_completions_writes_its_pairs(tmp_path, tiny_model_path, init_model_path):
     import pandas as pd
 
-    trainer = spa_trainer(tiny_model_path, tmp_path, max_steps=2, log_completions=True, num_completions_to_print=0)
+    trainer = spa_trainer(
+        tiny_model_path, tmp_path, init_model_path, max_steps=2, log_completions=True, num_completions_to_print=0
+    )
     trainer.train()
     frame = pd.read_parquet(tmp_path / "completions" / "completions_00002.parquet")
     assert list(frame.columns) == ["step", "prompt", "chosen", "rejected", "reward_chosen", "reward_rejected", "route"]

@@ -86,8 +86,8 @@ def prefix_sharing_blocker(model, training: bool | None = None):
         rates.append(getattr(text_config, "attention_dropout", 0.0) or 0.0)
         if max(rates) > 0:
             return (
-                f"dropout is active (p={max(rates)}): a shared layout draws other dropout masks (`disable_dropout=True` "
-                "turns it off)"
+                f"dropout is active (p={max(rates)}): a shared layout draws other dropout masks "
+                "(`disable_dropout=True` turns it off)"
             )
     return None
 

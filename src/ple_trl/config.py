@@ -278,8 +278,8 @@ class PLEConfig(GRPOConfig):
             `"reward_funcs"`: the trainer's reward functions/models (and `reward_model_name_or_path`). `"implicit"`: no
             reward function at all; the trainer scores each answer with the model's own implicit reward
             `beta_judge * (log pi_judge(y|x) - log pi_init(y|x))`, computed by the pair forward without gradient.
-            `pi_init` is `ref_model=` of the trainer, else the adapter-disabled model under PEFT, else a frozen copy of
-            the initial policy: with the copy, the first iteration's rewards are all 0 under the `"iteration"` judge.
+            `pi_init` is `ref_model=` of the trainer, or the adapter-disabled model of a `PeftModel` passed with its
+            trained adapter; without either it would be the initial policy itself, every reward 0: an error.
         implicit_reward_judge (`str`, *optional*, defaults to `"iteration"`):
             `pi_judge`: `"iteration"` (the policy as at the start of the current iteration: a copy of the adapter
             under PEFT, else a frozen copy of the model, refreshed at each iteration boundary and saved in

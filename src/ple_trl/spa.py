@@ -102,9 +102,9 @@ def label_pairs(
     """
     Best = chosen, worst = rejected, for two sampled answers `a` and `b` per prompt.
 
-    Ties go to `a` (the first sample): with two samples from the same model a tie carries no preference, and a fixed
-    rule keeps every process's labels identical. A pair where either reward is NaN or infinite is marked invalid (its
-    margin is NaN); the caller must count and skip it, never train on it.
+    A tie (two equal rewards) carries no preference, and a pair where either reward is NaN or infinite has none either:
+    both are marked invalid (margin NaN; `chosen_is_a` is `True`, a placeholder); the caller must count and skip them,
+    never train on them.
 
     Args:
         rewards_a (`torch.Tensor`): implicit rewards of the first answers, shape `(num_pairs,)`.
@@ -115,15 +115,15 @@ def label_pairs(
             - `chosen_is_a` (`bool`): `True` where `a` is the chosen answer;
             - `chosen_index` (`long`): 0 where `a` is chosen, 1 where `b` is (index into the pair);
             - `margin` (`float`): `r_chosen - r_rejected >= 0`, NaN on invalid pairs;
-            - `valid` (`bool`): both rewards are finite.
+            - `valid` (`bool`): both rewards are finite and differ.
     """
     if rewards_a.shape != rewards_b.shape:
         raise ValueError(
             f"`rewards_a` and `rewards_b` must have the same shape, got {tuple(rewards_a.shape)} and "
             f"{tuple(rewards_b.shape)}; pass one reward per prompt for each of the two samples."
         )
-    valid = torch.isfinite(rewards_a) & torch.isfinite(rewards_b)
-    chosen_is_a = (rewards_a >= rewards_b) | ~valid
+    valid = torch.isfinite(rewards_a) & torch.isfinite(rewards_b) & (rewards_a != rewards_b)
+    chosen_is_a = (rewards_a > rewards_b) | ~valid
     chosen_index = (~chosen_is_a).long()
     margin = (rewards_a - rewards_b).abs()
     margin = torch.where(valid, margin, torch.full_like(margin, float("nan")))

@@ -35,17 +35,18 @@ class SPATrainer(PLETrainer):
     handling, the audit log and the resume hooks are PLE's. SPA replaces the labeller (the implicit reward instead of
     reward functions and principles) and the loss.
 
-    Models: `model` is the policy, normally the seed-DPO model. `pi_init` is `ref_model` when given (the model the seed
-    DPO started from), else the adapter-disabled model under PEFT (the seed stage trained an adapter), else a frozen
-    copy of the initial policy, in which case the first iteration's rewards are 0 (judge = init) and every pair is a
-    tie until the judge moves: pass `ref_model` or a PEFT policy for a meaningful first iteration. The DPO reference is
+    Models: `model` is the policy, normally the seed-DPO model. `pi_init` is `ref_model` (the model the seed DPO
+    started from), or, for a `PeftModel` whose trained adapter is the policy, its adapter-disabled model. Without
+    either, `pi_init` would be the initial policy itself, every implicit reward 0 and every pair a tie: that is an
+    error. A pair whose two rewards are equal is not trained (counted in `spa/tied_pairs`). The DPO reference is
     the policy at the start of the iteration: under PEFT a copy of the adapter (a second adapter named `"ref"`), else a
     frozen copy of the model, refreshed in place at each iteration boundary with TRL's `SyncRefModelCallback`
     syncing, saved in every checkpoint and restored on resume.
 
     Logged metrics: `spa/implicit_reward_chosen`, `spa/implicit_reward_rejected`, `spa/margin` (reward margin of the
     chosen over the rejected answer), `spa/refined_fraction` (share of pairs smoothed), `spa/confidence_threshold`,
-    `spa/iteration`, `spa/skipped_pairs`, and GRPO's `reward`/`rewards/implicit_reward/*`.
+    `spa/iteration`, `spa/skipped_pairs` (a non-finite reward), `spa/tied_pairs` (two equal rewards: no preference,
+    not trained), and GRPO's `reward`/`rewards/implicit_reward/*`.
 
     Example:
 
@@ -121,6 +122,7 @@ class SPATrainer(PLETrainer):
             quantization_config=quantization_config,
         )
         args = self.args  # `None` became SPA's defaults in `_resolve_args`
+        self._tied_pairs_total = 0
         self._margin_history = spa.MarginHistory(
             args.margin_history_size, args.confidence_quantile, per_pair=args.margin_history_per_pair
         )
@@ -176,7 +178,8 @@ class SPATrainer(PLETrainer):
         # Labels from the rewards of every process, so every process takes the same decisions.
         chosen_is_a, _, margin, valid = spa.label_pairs(rewards_a, rewards_b)
         reward_chosen, reward_rejected = spa.select_chosen_rejected(rewards_a, rewards_b, chosen_is_a)
-        self._log_spa_round(mode, reward_chosen, reward_rejected, margin, valid)
+        tied = torch.isfinite(rewards_a) & (rewards_a == rewards_b)
+        self._log_spa_round(mode, reward_chosen, reward_rejected, margin, valid, tied)
 
         save_labels = self.args.save_enhanced_labels and mode == "train"
         if save_labels or self.log_completions:
@@ -202,16 +205,24 @@ class SPATrainer(PLETrainer):
         output["valid"] = valid[local]
         return output
 
-    def _log_spa_round(self, mode, reward_chosen, reward_rejected, margin, valid):
+    def _log_spa_round(self, mode, reward_chosen, reward_rejected, margin, valid, tied):
         metrics = self._metrics[mode]
-        skipped = int((~valid).sum())
+        num_tied = int(tied.sum())
+        skipped = int((~valid).sum()) - num_tied
         metrics["spa/skipped_pairs"].append(float(skipped))
+        metrics["spa/tied_pairs"].append(float(num_tied))
         metrics["spa/iteration"].append(float(self.completed_iterations()))
         if skipped:
             self._skipped_pairs_total += skipped
             logger.warning(
                 f"{skipped} pair(s) had a non-finite implicit reward and are skipped this round "
                 f"({self._skipped_pairs_total} so far); they are not trained on."
+            )
+        if num_tied:
+            self._tied_pairs_total += num_tied
+            logger.warning(
+                f"{num_tied} pair(s) had two equal implicit rewards, which prefer neither answer: they are not "
+                f"trained on this round ({self._tied_pairs_total} so far)."
             )
         if not valid.any():
             return
@@ -238,7 +249,7 @@ class SPATrainer(PLETrainer):
                     "reward_rejected": r_r if ok else None,
                     "margin": r_c - r_r if ok else None,
                     "chosen_sample": ("first" if a_chosen else "second") if ok else None,
-                    "route": "dpo" if ok else "skipped",
+                    "route": "dpo" if ok else "tied" if r_a == r_b else "skipped",
                 }
             )
         return records

@@ -260,6 +260,18 @@ class PLETrainer(
                     "initial policy, or uses the adapter-disabled model under PEFT), or pass a copy "
                     "(`copy.deepcopy(model)`)."
                 )
+        fresh_policy = peft_config is not None or not (isinstance(model, nn.Module) and is_peft_model(model))
+        if implicit and fresh_policy and (ref_model is None or (isinstance(ref_model, str) and ref_model == model)):
+            # pi_init would be the initial policy itself: every implicit reward is exactly 0 until the policy moves,
+            # so every label is a tie (SPA would then never move: its tied pairs are not trained).
+            raise ValueError(
+                "The implicit reward `beta_judge * (log pi_judge - log pi_init)` needs a `pi_init` other than the "
+                "initial policy, and here it would be the policy itself: with no `ref_model`, a copy of the policy "
+                "(or, with `peft_config`, the base model, which a fresh adapter starts as), so every answer would get "
+                "a reward of exactly 0 and every label would be a tie. Pass `ref_model=` (the model before your SFT "
+                "or seed-DPO stage), or pass a `PeftModel` whose trained adapter is the policy (its adapter-disabled "
+                "model is then `pi_init`)."
+            )
         if ref_model is not None and args.beta == 0 and not implicit:
             raise ValueError(
                 "A `ref_model` was passed but `beta=0`, so it would never be used. Set `beta > 0` with "

@@ -278,6 +278,13 @@ def _prompts_and_start_model(script_args: PLEScriptArguments, training_args, mod
     return train_dataset, eval_dataset, model
 
 
+_NO_PI_INIT = (
+    "`{option}` scores answers with the implicit reward `log pi_judge - log pi_init`, which needs a `pi_init` other "
+    "than the model it trains: with no stage before training, every reward would be exactly 0. Add {stages}: the "
+    "model that stage starts from is then `pi_init`."
+)
+
+
 def _train_and_save(trainer, script_args: PLEScriptArguments, training_args):
     """Train (resuming when asked), save to `output_dir`, push to the Hub when asked; returns the trainer."""
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -331,16 +338,23 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
         reward_funcs.append(
             RewardModelScorer(script_args.reward_classifier_name_or_path, label=script_args.reward_classifier_label)
         )
-    if not reward_funcs and training_args.reward_model_name_or_path is None:
+    implicit = training_args.reward_source == "implicit"
+    if not reward_funcs and training_args.reward_model_name_or_path is None and not implicit:
         raise ValueError(
             "No reward: set `--reward_model_name_or_path` (a reward model), `--reward_funcs` (named reward functions, "
             f"e.g. one of {sorted(reward_funcs_registry())}) or `--reward_classifier_name_or_path`."
         )
 
+    if implicit and not script_args.has_sft_stage:
+        raise ValueError(
+            _NO_PI_INIT.format(option="--reward_source implicit", stages="an SFT stage (`--sft_dataset_name`)")
+        )
     train_dataset, eval_dataset, model = _prompts_and_start_model(script_args, training_args, model_args)
     trainer = PLETrainer(
         model=model,
-        reward_funcs=reward_funcs,
+        # The implicit reward's pi_init: the model the SFT stage started from.
+        ref_model=model_args.model_name_or_path if implicit else None,
+        reward_funcs=reward_funcs or None,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -394,8 +408,16 @@ def main_spa(script_args: PLEScriptArguments, training_args, model_args):
             "`--reward_source implicit`)."
         )
 
+    if not script_args.has_seed_stage and not script_args.has_sft_stage:
+        raise ValueError(
+            _NO_PI_INIT.format(
+                option="--method spa",
+                stages="a seed DPO stage (`--seed_dataset_name`) or an SFT stage (`--sft_dataset_name`)",
+            )
+        )
     train_dataset, eval_dataset, model = _prompts_and_start_model(script_args, training_args, model_args)
-    ref_model = None
+    # pi_init: the model the seed stage started from, else the model the SFT stage started from.
+    ref_model = model_args.model_name_or_path
     if script_args.has_seed_stage:
         ref_model, model = model, run_seed_stage(script_args, training_args, model_args, model)
     trainer = SPATrainer(
