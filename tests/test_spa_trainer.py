@@ -631,3 +631,30 @@ def test_trl_reference_syncing_contract():
     target = torch.nn.Linear(2, 2)
     SyncRefModelCallback.sync_target_model(source, target, 1.0)
     assert torch.equal(source.weight, target.weight) and torch.equal(source.bias, target.bias)
+
+
+@pytest.mark.parametrize("backend", ["fsdp", "zero3"])
+def test_partitioned_parameters_refuse_the_snapshot(tmp_path, tiny_model_path, init_model_path, monkeypatch, backend):
+    # Neither runs on CPU: the backend is switched on once the trainer has set up its accelerator and its reference.
+    prepare_reference = PLETrainer._prepare_reference
+
+    def partitioned(self, *args):
+        reference = prepare_reference(self, *args)
+        if backend == "fsdp":
+            self.is_fsdp_enabled = True
+        else:
+            plugin = type("DeepSpeedPlugin", (), {"zero_stage": 3})()
+            monkeypatch.setattr(type(self.accelerator.state), "deepspeed_plugin", plugin, raising=False)
+        return reference
+
+    monkeypatch.setattr(PLETrainer, "_prepare_reference", partitioned)
+    name = "FSDP" if backend == "fsdp" else "DeepSpeed ZeRO-3"
+    expected = f"{name} partitions the parameters.*Use DDP or DeepSpeed"
+    with pytest.raises(ValueError, match=expected):
+        spa_trainer(tiny_model_path, tmp_path, init_model_path)
+    if backend == "fsdp":  # PLE with a reward function keeps no snapshot: the same backend is not refused
+        trainer = PLETrainer(
+            model=tiny_model_path, reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
+            args=make_args(tmp_path), train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        )  # fmt: skip
+        assert trainer.is_fsdp_enabled

@@ -21,6 +21,21 @@ class IterationSnapshotMixin:
         # PLE keeps the policy as at the start of the iteration only to judge with it; SPA always (its reference).
         return args.reward_source == "implicit" and args.implicit_reward_judge == "iteration"
 
+    def _check_snapshot_backend(self):
+        """The snapshot is copied from the policy parameter by parameter and saved by name: with the parameters
+        partitioned across processes (DeepSpeed ZeRO-3, FSDP) each process holds a shard, so it is refused."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        zero3 = plugin is not None and plugin.zero_stage == 3
+        if zero3 or self.is_fsdp_enabled:
+            backend = "DeepSpeed ZeRO-3" if zero3 else "FSDP"
+            raise ValueError(
+                f"{backend} partitions the parameters across processes, and the iteration snapshot (the policy as at "
+                "the start of the iteration: SPA's DPO reference and the implicit reward's judge) is copied and "
+                "saved parameter by parameter, which partitioned parameters do not support. Use DDP or DeepSpeed "
+                "ZeRO-1/2 (with a LoRA adapter, the snapshot is a second small adapter); PLE's implicit reward can "
+                "also judge with the current policy, `implicit_reward_judge='policy'`, which needs no snapshot."
+            )
+
     def _add_snapshot_adapter(self):
         # Under PEFT the snapshot is a copy of the adapter, not of the model: a second adapter named "ref", as GRPO's
         # reference adapter of a PEFT policy, frozen.

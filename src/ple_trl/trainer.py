@@ -322,6 +322,8 @@ class PLETrainer(
         # are on the model's own probabilities and need no entropy, so the head is re-patched to log-probs only.
         add_fused_lm_head(unwrapped, temperature=1.0, cast_lm_head_to_fp32=args.cast_lm_head_to_fp32)
         self.ref_model = self._prepare_reference(ref_model, args)
+        if self._uses_iteration_snapshot(args):
+            self._check_snapshot_backend()
         self._snapshot_model = None if snapshot is None else self._prepare_frozen_model(snapshot, args)
         self._snapshot_adapter = None
         if self._uses_iteration_snapshot(args) and snapshot is None:
