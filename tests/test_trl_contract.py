@@ -8,10 +8,14 @@ import inspect
 from importlib.metadata import version
 
 import pytest
+import torch
+from datasets import Dataset
 from packaging.version import Version
 from trl import GRPOTrainer
 
 from ple_trl import PLETrainer
+
+from helpers import PROMPTS, make_args
 
 # method -> the leading parameters (after self) PLETrainer relies on, in order
 CONTRACT = {
@@ -41,25 +45,56 @@ def test_private_grpo_methods_keep_their_signature(name):
     assert parameters[: len(expected)] == expected, f"GRPOTrainer.{name}{parameters} changed signature"
 
 
-def test_generate_returns_the_eight_fields_pletrainer_unpacks():
-    source = inspect.getsource(GRPOTrainer._generate)
-    assert (
-        "return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images"
-        in source
-    ), "GRPOTrainer._generate's return tuple changed: update PLETrainer._generate_and_score_completions"
+@pytest.fixture
+def trainer(tmp_path, tiny_model_path):
+    return PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=lambda completions, **kwargs: [float(len(c.split())) for c in completions],
+        args=make_args(tmp_path),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
 
 
-def test_transformers_generation_calls_generate_on_the_unwrapped_model():
-    # The shared-prefix generation (`_generation_prefix`) replaces `generate` on the unwrapped model for one call and
-    # returns the prompt columns it was given, which GRPO cuts off by the width of its own padded prompts.
-    source = inspect.getsource(GRPOTrainer._generate_single_turn)
-    assert "unwrapped_model.generate(" in source, "GRPO's transformers path no longer calls `unwrapped_model.generate`"
-    assert 'prompt_length = generate_inputs["input_ids"].size(1)' in source, "GRPO cuts the answers off differently"
+def test_generate_returns_the_eight_fields_pletrainer_unpacks(trainer):
+    prompts = PROMPTS[:2]
+    fields = GRPOTrainer._generate(trainer, prompts)
+    assert len(fields) == 8, "GRPOTrainer._generate's return tuple changed: update PLE's sampling"
+    prompt_ids, completion_ids, _, completions, _, _, images, _ = fields
+    tokenizer = trainer.processing_class
+    assert prompt_ids == [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    assert completions == [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids]
+    assert images is None
 
 
-def test_calculate_rewards_gathers_across_processes():
-    # PLETrainer slices the local part of the rewards itself, so it relies on GRPO returning the gathered tensor.
-    assert "gather(rewards_per_func)" in inspect.getsource(GRPOTrainer._calculate_rewards)
+def test_transformers_generation_calls_generate_on_the_unwrapped_model(trainer):
+    # The shared-prefix generation replaces `generate` on the unwrapped model for one call and returns the prompt
+    # columns it was given, which GRPO cuts off by the width of its own padded prompts.
+    answer = trainer.processing_class("good day", add_special_tokens=False)["input_ids"]
+    seen = []
+
+    def generate(input_ids, attention_mask=None, **kwargs):
+        seen.append(input_ids.tolist())
+        return torch.cat([input_ids, torch.tensor([answer] * input_ids.size(0))], dim=1)
+
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    model.generate = generate
+    prompt_ids = [[10, 11, 12], [13]]
+    try:
+        completion_ids, _ = GRPOTrainer._generate_single_turn(trainer, prompt_ids, None, {}, 1)
+    finally:
+        del model.generate
+    pad = trainer.processing_class.pad_token_id
+    assert seen == [[[10, 11, 12], [pad, pad, 13]]]  # left-padded, on the unwrapped model's `generate`
+    assert completion_ids == [answer, answer]  # cut at the padded prompt width
+
+
+def test_calculate_rewards_returns_every_answer_per_function(trainer):
+    # PLETrainer slices the local part of the rewards itself (the gather across processes: tests/test_multiprocess.py).
+    completions = ["good", "good day", "a b c", ""]
+    rewards = GRPOTrainer._calculate_rewards(
+        trainer, [{"prompt": p} for p in PROMPTS], PROMPTS, completions, [[1]] * 4
+    )
+    assert rewards.tolist() == [[1.0], [2.0], [3.0], [0.0]]
 
 
 def test_pletrainer_overrides_are_its_own():
