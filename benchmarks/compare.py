@@ -9,20 +9,31 @@ is measured on the same held-out prompts (never trained on) with greedy answers:
 | `base` | the base model, plain prompt | 0 |
 | `base_prompted` | the base model with the task's principle in its prompt (prompting alone) | 0 |
 | `ple` | [`PLETrainer`] with the demo's settings | `S` steps x `B` pairs x 2 |
-| `grpo` | TRL `GRPOTrainer`, `num_generations=2`, `B` prompts a step | `S x B x 2` |
+| `ple_anchored` | `ple` with the DPO ranking loss anchored on the initial model (beta 0.1) | `S x B x 2` |
+| `grpo` | TRL `GRPOTrainer`, `num_generations=2`, `B` prompts a step (group-scaled advantages: +-0.707 each) | `S x B x 2` |
+| `grpo_batch` | `grpo` with `scale_rewards="batch"` (advantages scaled by the batch's reward std, not the pair's) | `S x B x 2` |
+| `grpo_g4` | TRL `GRPOTrainer`, `num_generations=4`, `B/2` prompts a step | `S x (B/2) x 4` |
 | `online_dpo` | TRL `OnlineDPOTrainer` (trl.experimental), 2 answers per prompt, `B` prompts a step | `S x B x 2` |
 | `raft` | best-of-`n` by the training reward, then TRL `SFTTrainer` on the winners | `(S x B x 2 / n) x n` |
 | `context_distillation` | principle-guided answers, then TRL `SFTTrainer` on them with the plain prompt | `S x B` |
-| `spa` | ple-trl's `SPATrainer` (no reward); skipped, with the reason printed, where ple-trl lacks it | `S x B x 2` |
+| `sdft` | TRL `SDFTTrainer` (trl.experimental.sdft): on-policy self-distillation from the frozen base model shown the principle (`privileged_context`), `num_generations=2`, `B` prompts a step | `S x B x 2` |
+| `spa` | ple-trl's `SPATrainer` (no reward) after the demo's seed DPO stage (its model is `pi_init`); skipped, with the reason printed, where ple-trl lacks it | `S x B x 2` |
+
+Besides the final evaluation, every trained cell measures the held-out judge at a quarter and a half of its training
+(`metrics["curve"]`, drawn in `learning_curve.png`), and every cell reports a semantic relevance (prompt-answer cosine
+under WordLlama's static embeddings, shipped in its wheel). The table picks each method's learning rate by the
+training reward among the rates that keep distinct-2 and relevance near the base model's ([`select_rates`]);
+`--bracket` adds the next rate where the pick is the largest rate run.
 
 Every cell (task x method x learning rate x seed) writes `{output_dir}/{task}/{method}/lr-{lr}_seed-{seed}.json` and is
 skipped when that file exists, so an interrupted run resumes. The run then prints the table, and writes
-`{output_dir}/results.md` and `{output_dir}/compare.png`. See `benchmarks/README_compare.md` for the columns.
+`{output_dir}/results.md`, `{output_dir}/compare.png` and `{output_dir}/learning_curve.png`. See
+`benchmarks/README_compare.md` for the columns.
 
 ```bash
 python benchmarks/compare.py                                 # the full comparison (CPU: hours)
 python benchmarks/compare.py --quick --model path/to/tiny    # one step per method, 2 prompts: the harness test
-python benchmarks/compare.py --device cuda --seeds 0,1,2 --lrs default,1e-4,3e-4,6e-4
+python benchmarks/compare.py --device cuda --seeds 0,1,2 --lrs default,1e-4,3e-4,6e-4 --bracket
 ```
 """
 
@@ -35,6 +46,7 @@ import random
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,16 +59,25 @@ from ple_trl.demo import DEFAULT_LEARNING_RATES
 from ple_trl.evaluation import text_statistics
 
 METHODS = (
-    "base", "base_prompted", "ple", "ple_anchored", "grpo", "online_dpo", "raft", "context_distillation", "spa",
+    "base", "base_prompted", "ple", "ple_anchored", "grpo", "grpo_batch", "grpo_g4", "online_dpo", "raft",
+    "context_distillation", "sdft", "spa",
 )  # fmt: skip
+# Generate first, then fine-tune (SFT) on what was generated: their learning curve is measured at SFT steps.
+TWO_STAGE = ("raft", "context_distillation")
 UNTRAINED = ("base", "base_prompted")
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 # Each method's own default learning rate ("default" in --lrs): the demo's for PLE and SPA, TRL's config defaults for
 # the others (tuned there for full fine-tuning, so tiny for a LoRA adapter: hence the sweep).
 DEFAULT_LRS = {
     "ple": DEFAULT_LEARNING_RATES["ple"], "ple_anchored": DEFAULT_LEARNING_RATES["ple"],
-    "spa": DEFAULT_LEARNING_RATES["spa"], "grpo": 1e-6, "online_dpo": 5e-7, "raft": 2e-5, "context_distillation": 2e-5,
+    "spa": DEFAULT_LEARNING_RATES["spa"], "grpo": 1e-6, "grpo_batch": 1e-6, "grpo_g4": 1e-6, "online_dpo": 5e-7,
+    "raft": 2e-5, "context_distillation": 2e-5, "sdft": 5e-5,  # SDFTConfig keeps TrainingArguments' 5e-5
 }  # fmt: skip
+# `--bracket`: the rates tried above a method's best when it is the largest rate run (each one the next of the last).
+LR_LADDER = (1e-4, 3e-4, 6e-4, 1e-3, 2e-3)
+# The selection rule's constraints, relative to the task's base model (see `select_rates`).
+DISTINCT_2_FLOOR = 0.9  # distinct-2 at least 0.9x the base model's
+RELEVANCE_MARGIN = 0.05  # relevance at least the base model's minus 5 points
 QUICK = dict(steps=1, pairs=2, max_completion_length=8, num_heldout=2, num_train_prompts=2, seeds="0", lrs="default",
              raft_n=2, eval_batch_size=2)  # fmt: skip
 
@@ -142,9 +163,63 @@ def perplexity_under(model, tokenizer, answers: list[str], batch_size: int) -> f
     return result["mean_perplexity"]
 
 
-def evaluate_cell(ctx, task, model, heldout, base_answers, with_principle=False) -> dict:
-    """Greedy answers to the held-out prompts and every metric of the table."""
-    from ple_trl import metrics
+@lru_cache(maxsize=1)
+def wordllama_model():
+    """
+    WordLlama's `l2_supercat` static embeddings (256 dimensions), loaded from the files inside its wheel, once.
+
+    Nothing is downloaded: `WordLlama.load` looks for the tokenizer under `wordllama/tokenizer/` while the wheel ships
+    it in `wordllama/tokenizers/`, so by default it would fetch it from the Hub into `~/.cache/wordllama`. Pointing
+    `cache_dir` at the installed package finds both shipped files (`weights/l2_supercat_256.safetensors`,
+    `tokenizers/l2_supercat_tokenizer_config.json`), and `disable_download=True` turns a missing file into an error,
+    never a download.
+    """
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    import wordllama
+    from wordllama import WordLlama
+
+    # wordllama's inference module calls `logging.basicConfig(level=INFO)` on import: give the root logger back.
+    root.setLevel(level)
+    root.handlers[:] = handlers
+    return WordLlama.load("l2_supercat", dim=256, cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+
+
+def cosines(texts_a: list[str], texts_b: list[str]) -> list[float]:
+    """Cosine similarity of each pair of texts under [`wordllama_model`] (mean-pooled token embeddings); 0 for a text
+    with no token (an empty answer)."""
+    import numpy as np
+
+    if len(texts_a) != len(texts_b):
+        raise ValueError(f"{len(texts_a)} texts for {len(texts_b)}: give them in pairs.")
+    if not texts_a:
+        return []
+    model = wordllama_model()
+    a, b = model.embed(list(texts_a)), model.embed(list(texts_b))
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = (a * b).sum(axis=1)
+    return [float(d / n) if n > 0 else 0.0 for d, n in zip(dots, norms)]
+
+
+def semantic_relevance(prompts: list[str], answers: list[str]) -> float:
+    """
+    Mean cosine similarity of each prompt and its answer under WordLlama's static embeddings ([`cosines`]): a
+    relevance measure that, unlike the word-overlap `relevance`, credits paraphrase and related words ("cooking" and
+    "dish"). Measured, never trained on. Its limits: the embedding is an average of token vectors, so it rewards
+    topical words without reading the answer, and long generic filler drifts toward a common direction.
+    """
+    values = cosines(prompts, answers)
+    return statistics.fmean(values) if values else 0.0
+
+
+def measure(ctx, task, model, heldout, with_principle=False) -> dict:
+    """
+    Greedy answers to the held-out prompts and the metrics that need no other model: the training reward, the
+    held-out judge, the text statistics and the semantic relevance. The cell's final evaluation and every point of
+    its learning curve go through here, so both are the same measurement.
+    """
     from ple_trl.evaluation import generate_answers
     from ple_trl.principles import wrap
     from ple_trl.rewards import completion_text
@@ -155,14 +230,23 @@ def evaluate_cell(ctx, task, model, heldout, base_answers, with_principle=False)
     answers = generate_answers(model, ctx.tokenizer, chats, max_new_tokens=ctx.args.max_completion_length,
                                batch_size=ctx.args.eval_batch_size)  # fmt: skip
     answers = [completion_text(a) for a in answers]
-    judge = task.judge(prompts=heldout, completions=answers)
-    result = {
+    return {
+        "answers": answers,
         "reward": statistics.fmean(task.reward(heldout, answers)),
-        "judge": statistics.fmean(judge),
-        "perplexity": perplexity_under(ctx.base_model, ctx.tokenizer, answers, ctx.args.eval_batch_size),
+        "judge": statistics.fmean(task.judge(prompts=heldout, completions=answers)),
         **text_statistics(heldout, answers),
-        "mean_words": statistics.fmean(len(a.split()) for a in answers),
+        "semantic_relevance": semantic_relevance(heldout, answers),
     }
+
+
+def evaluate_cell(ctx, task, model, heldout, base_answers, with_principle=False) -> dict:
+    """Greedy answers to the held-out prompts and every metric of the table."""
+    from ple_trl import metrics
+
+    result = measure(ctx, task, model, heldout, with_principle)
+    answers = result.pop("answers")
+    result["perplexity"] = perplexity_under(ctx.base_model, ctx.tokenizer, answers, ctx.args.eval_batch_size)
+    result["mean_words"] = statistics.fmean(len(a.split()) for a in answers)
     base_answers = answers if base_answers is None else base_answers
     win = metrics.load("win_rate", keep_in_memory=True).compute(
         prompts=heldout, completions_a=answers, completions_b=base_answers, reward_fn=task.judge
@@ -172,28 +256,70 @@ def evaluate_cell(ctx, task, model, heldout, base_answers, with_principle=False)
     return {"metrics": result, "answers": answers}
 
 
+CURVE_KEYS = ("reward", "judge", "distinct_2", "relevance", "semantic_relevance")
+
+
+def fill_semantic_relevance(record: dict) -> bool:
+    """
+    Add `semantic_relevance` where a cell file computed before it lacks it, from the held-out prompts and answers the
+    file stores (the metrics, and each learning-curve point that kept its answers): no retraining. Returns whether
+    anything was added.
+    """
+    changed = False
+    metrics = record["metrics"]
+    if "semantic_relevance" not in metrics:
+        metrics["semantic_relevance"] = semantic_relevance(record["prompts"], record["answers"])
+        changed = True
+    for point in metrics.get("curve", []):
+        if "semantic_relevance" not in point:
+            if point.get("final"):
+                point["semantic_relevance"] = metrics["semantic_relevance"]
+            elif "held_out_answers" in point:
+                point["semantic_relevance"] = semantic_relevance(record["prompts"], point["held_out_answers"])
+            else:
+                continue
+            changed = True
+    return changed
+
+
 # ---------------------------------------------------------------------------------------------------------- training
 class GenerationCounter:
     """Counts the answers and new tokens (padding excluded) of every `generate` call on one model instance.
 
     The trainers wrap the model (LoRA, accelerate) but end up calling the base model's `generate`, so counting there
-    measures what each method really generated, whatever its code path.
+    measures what each method really generated, whatever its code path. [`attach`] moves the count to another instance
+    (SPA's seed stage returns a new model); nothing is counted inside [`paused`] (the learning curve's own greedy
+    held-out answers are a measurement, not training).
     """
 
     def __init__(self, model, pad_token_id):
         self.answers, self.tokens = 0, 0
+        self.pad_token_id = pad_token_id
+        self.counting = True
+        self.attach(model)
+
+    def attach(self, model):
         original = model.generate
 
         def generate(*args, **kwargs):
             output = original(*args, **kwargs)
-            sequences = getattr(output, "sequences", output)
-            prompt = kwargs.get("input_ids", args[0] if args else None)
-            new = sequences[:, prompt.shape[1] :] if prompt is not None else sequences
-            self.answers += new.shape[0]
-            self.tokens += int((new != pad_token_id).sum())
+            if self.counting:
+                sequences = getattr(output, "sequences", output)
+                prompt = kwargs.get("input_ids", args[0] if args else None)
+                new = sequences[:, prompt.shape[1] :] if prompt is not None else sequences
+                self.answers += new.shape[0]
+                self.tokens += int((new != self.pad_token_id).sum())
             return output
 
         model.generate = generate
+
+    @contextmanager
+    def paused(self):
+        self.counting = False
+        try:
+            yield
+        finally:
+            self.counting = True
 
 
 @dataclass
@@ -260,7 +386,40 @@ def _sample(ctx, model, chats, seed):
     return [completion_text(a) for a in answers]
 
 
-def _sft(ctx, model, prompts, answers, lr, seed, output_dir):
+def curve_steps(steps: int) -> list[int]:
+    """The optimizer steps of the learning curve: a quarter and a half of the run (`S/4`, `S/2`, rounded down), those
+    strictly inside it (none for one step)."""
+    return sorted({s for s in (steps // 4, steps // 2) if 0 < s < steps})
+
+
+def curve_callback(ctx, task, heldout, counter, answers_at):
+    """
+    A `TrainerCallback` that, at the end of each optimizer step in [`curve_steps`], answers the held-out prompts
+    greedily with the model being trained (the cell's final evaluation, [`measure`], without perplexity and win rate)
+    and keeps `{"step", "answers", "reward", "judge", "distinct_2", "relevance", "semantic_relevance",
+    "held_out_answers"}` in its `points`. `answers_at(step)` is the x value: the answers generated so far for the
+    online methods, the share of the generated answers trained on for the two-stage ones. The measurement's own
+    `generate` calls are not counted, and greedy decoding draws no random numbers, so training goes on as without it.
+    """
+    from transformers import TrainerCallback
+
+    steps = set(curve_steps(ctx.args.steps))
+
+    class Curve(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step in steps and model is not None:
+                with counter.paused():
+                    result = measure(ctx, task, model, heldout)
+                self.points.append({"step": state.global_step, "answers": answers_at(state.global_step),
+                                    **{key: result[key] for key in CURVE_KEYS},
+                                    "held_out_answers": result["answers"]})  # fmt: skip
+
+    callback = Curve()
+    callback.points = []
+    return callback
+
+
+def _sft(ctx, model, prompts, answers, lr, seed, output_dir, callbacks=None):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -270,13 +429,16 @@ def _sft(ctx, model, prompts, answers, lr, seed, output_dir):
     })  # fmt: skip
     config = SFTConfig(per_device_train_batch_size=ctx.args.pairs, **_common_config(ctx, lr, seed, output_dir))
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=ctx.tokenizer,
-                         peft_config=_peft_config())  # fmt: skip
+                         peft_config=_peft_config(), callbacks=callbacks)  # fmt: skip
     trainer.train()
     return trainer.model
 
 
-def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
-    """Train one method; returns the trained model and the generation count of its training."""
+def train_method(ctx, task, method, lr, seed, train_prompts, output_dir, heldout=None):
+    """
+    Train one method; returns the trained model, the generation count of its training, and its learning-curve points
+    on `heldout` (none without `heldout`).
+    """
     from transformers import set_seed
 
     args = ctx.args
@@ -286,6 +448,12 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
     common = _common_config(ctx, lr, seed, output_dir)
     budget = args.steps * args.pairs * 2
     dataset = _prompt_dataset(train_prompts)
+    if method in TWO_STAGE:  # x: the share of the generated answers trained on after `step` of the S SFT steps
+        answers_at = lambda step: counter.answers * step / args.steps
+    else:  # x: the answers the method has generated by the end of `step`
+        answers_at = lambda step: counter.answers
+    curve = curve_callback(ctx, task, heldout, counter, answers_at) if heldout else None
+    callbacks = [curve] if curve is not None else None
     if method in ("ple", "ple_anchored"):
         from ple_trl import PLEConfig, PLETrainer
 
@@ -297,28 +465,43 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
                            alpha=0.9, rank_sft_coef=1.0, iteration_unit="steps", steps_per_iteration=4,
                            reward_weights=task.reward_weights, **anchor, **common)  # fmt: skip
         trainer = PLETrainer(model=policy, reward_funcs=task.reward_funcs, args=config, train_dataset=dataset,
-                             processing_class=ctx.tokenizer, peft_config=_peft_config())  # fmt: skip
+                             processing_class=ctx.tokenizer, peft_config=_peft_config(),
+                             callbacks=callbacks)  # fmt: skip
         trainer.train()
         model = trainer.model
     elif method == "spa":
         from ple_trl import SPAConfig, SPATrainer
+        from ple_trl.demo import DemoArguments, seed_stage
 
+        # SPA's seed stage first, as the demo runs it (DPO on the shipped seed pairs, merged): pi_init is the model it
+        # started from, which the implicit reward needs (the policy itself would give every answer 0).
+        seed_args = DemoArguments(method="spa", output_dir=output_dir, seed=seed, quiet=True,
+                                  **({"seed_steps": 1, "seed_batch_size": 2} if args.steps == 1 else {}))  # fmt: skip
+        init_model, policy = seed_stage(policy, ctx.tokenizer, seed_args)
+        counter.attach(policy)  # the seed stage generates nothing and returns a new model: count SPA's answers on it
         config = SPAConfig(per_device_train_batch_size=args.pairs, max_completion_length=args.max_completion_length,
                            temperature=args.temperature, iteration_unit="steps", steps_per_iteration=4,
                            **common)  # fmt: skip
-        trainer = SPATrainer(model=policy, args=config, train_dataset=dataset, processing_class=ctx.tokenizer,
-                             peft_config=_peft_config())  # fmt: skip
+        trainer = SPATrainer(model=policy, ref_model=init_model, args=config, train_dataset=dataset,
+                             processing_class=ctx.tokenizer, peft_config=_peft_config(),
+                             callbacks=callbacks)  # fmt: skip
         trainer.train()
         model = trainer.model
-    elif method == "grpo":
+    elif method in ("grpo", "grpo_batch", "grpo_g4"):
         from trl import GRPOConfig, GRPOTrainer
 
-        # GRPO's batch counts answers: B prompts x 2 generations = 2B answers a step, as PLE's B pairs.
-        config = GRPOConfig(num_generations=2, per_device_train_batch_size=2 * args.pairs,
+        # GRPO's batch counts answers: 2B answers a step, as PLE's B pairs: B prompts x 2 generations (`grpo`,
+        # `grpo_batch`) or B/2 prompts x 4 (`grpo_g4`). With 2 generations, TRL's default group scaling divides each
+        # pair's centred rewards by their std, so every advantage is +-0.707 whatever the reward gap; `grpo_batch`
+        # scales by the std of the whole batch instead, keeping the gap's size.
+        generations = 4 if method == "grpo_g4" else 2
+        scaling = {"scale_rewards": "batch"} if method == "grpo_batch" else {}
+        config = GRPOConfig(num_generations=generations, per_device_train_batch_size=2 * args.pairs,
                             max_completion_length=args.max_completion_length, temperature=args.temperature,
-                            reward_weights=task.reward_weights, **common)  # fmt: skip
+                            reward_weights=task.reward_weights, **scaling, **common)  # fmt: skip
         trainer = GRPOTrainer(model=policy, reward_funcs=task.reward_funcs, args=config, train_dataset=dataset,
-                              processing_class=ctx.tokenizer, peft_config=_peft_config())  # fmt: skip
+                              processing_class=ctx.tokenizer, peft_config=_peft_config(),
+                              callbacks=callbacks)  # fmt: skip
         trainer.train()
         model = trainer.model
     elif method == "online_dpo":
@@ -328,7 +511,26 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
                                  temperature=args.temperature, reward_weights=task.reward_weights,
                                  **common)  # fmt: skip
         trainer = OnlineDPOTrainer(model=policy, reward_funcs=task.reward_funcs, args=config, train_dataset=dataset,
-                                   processing_class=ctx.tokenizer, peft_config=_peft_config())  # fmt: skip
+                                   processing_class=ctx.tokenizer, peft_config=_peft_config(),
+                                   callbacks=callbacks)  # fmt: skip
+        trainer.train()
+        model = trainer.model
+    elif method == "sdft":
+        from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+        # On-policy self-distillation: the student answers the plain prompt; the teacher scores the same answer given
+        # the prompt and the principle (TRL's `teacher_prompt_template`, "{prompt}\n\n{privileged_context}", in the
+        # user turn). TRL's defaults otherwise: `teacher_model_kind="base"`, which under PEFT is the policy with its
+        # adapter disabled (the frozen base model, no copy); top-k (100) logit distillation, alpha 0.5. Its batch
+        # counts answers as GRPO's: B prompts x `num_generations=2` = 2B answers a step (TRL's default is 8).
+        # The top-k is capped at the vocabulary only for models with fewer than k tokens (the tests' tiny model).
+        dataset = dataset.add_column("privileged_context", [task.principle] * len(dataset))
+        topk = min(SDFTConfig.__dataclass_fields__["distillation_topk"].default, policy.config.vocab_size)
+        config = SDFTConfig(num_generations=2, per_device_train_batch_size=2 * args.pairs,
+                            max_completion_length=args.max_completion_length, temperature=args.temperature,
+                            distillation_topk=topk, **common)  # fmt: skip
+        trainer = SDFTTrainer(model=policy, args=config, train_dataset=dataset, processing_class=ctx.tokenizer,
+                              peft_config=_peft_config(), callbacks=callbacks)  # fmt: skip
         trainer.train()
         model = trainer.model
     elif method == "raft":
@@ -340,17 +542,17 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir):
         rewards = task.reward([p for p in prompts for _ in range(n)], samples)
         best = [max(range(n), key=lambda j, i=i: rewards[i * n + j]) for i in range(len(prompts))]
         winners = [samples[i * n + j] for i, j in enumerate(best)]
-        model = _sft(ctx, policy, prompts, winners, lr, seed, output_dir)
+        model = _sft(ctx, policy, prompts, winners, lr, seed, output_dir, callbacks)
     elif method == "context_distillation":
         from ple_trl.principles import wrap
 
         prompts = _cycle(train_prompts, budget // 2, seed)
         guided = [wrap([{"role": "user", "content": p}], task.principle) for p in prompts]
         answers = _sample(ctx, policy.to(ctx.device), guided, seed)
-        model = _sft(ctx, policy, prompts, answers, lr, seed, output_dir)
+        model = _sft(ctx, policy, prompts, answers, lr, seed, output_dir, callbacks)
     else:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-    return model, counter
+    return model, counter, ([] if curve is None else curve.points)
 
 
 def _cycle(items, count, seed):
@@ -401,36 +603,37 @@ def run_cell(ctx, task, method, lr, seed, base_answers) -> dict:
         train_prompts = train_prompts[: args.num_train_prompts]
     start = time.perf_counter()
     if method in UNTRAINED:
-        model, counter = ctx.base_model, None
+        model, counter, curve = ctx.base_model, None, None
     else:
         scratch = os.path.join(args.output_dir, "_train", task.name, method, f"lr-{lr:g}_seed-{seed}")
-        model, counter = train_method(ctx, task, method, lr, seed, train_prompts, scratch)
+        model, counter, curve = train_method(ctx, task, method, lr, seed, train_prompts, scratch, heldout)
     # Read before evaluating: the evaluation's own answers go through the same `generate`.
     generated = (0, 0) if counter is None else (counter.answers, counter.tokens)
-    train_s = time.perf_counter() - start
+    train_s = time.perf_counter() - start  # the learning curve's measurements included
     start = time.perf_counter()
     evaluation = evaluate_cell(ctx, task, model, heldout, base_answers, with_principle=method == "base_prompted")
     eval_s = time.perf_counter() - start
     del model
     gc.collect()  # one process trains many cells: free each trained model before the next
+    metrics = {**evaluation["metrics"], "generated_answers": generated[0], "generated_tokens": generated[1],
+               "train_s": train_s, "eval_s": eval_s}  # fmt: skip
+    if curve is not None:
+        # The last point is the cell's final evaluation (its answers are the cell's `answers`).
+        final = {"step": args.steps, "answers": generated[0], "final": True}
+        metrics["curve"] = [*curve, {**final, **{key: metrics[key] for key in CURVE_KEYS}}]
     return {
         "task": task.name,
         "method": method,
         "seed": seed,
         "lr": lr,
         "default_lr": lr is not None and lr == DEFAULT_LRS[method],
-        "metrics": {
-            **evaluation["metrics"],
-            "generated_answers": generated[0],
-            "generated_tokens": generated[1],
-            "train_s": train_s,
-            "eval_s": eval_s,
-        },
+        "metrics": metrics,
         "settings": {
             "model_path": ctx.model_path,
             "steps": args.steps,
             "pairs": args.pairs,
             "budget_answers": 0 if method in UNTRAINED else args.steps * args.pairs * 2,
+            "curve_steps": [] if method in UNTRAINED else curve_steps(args.steps),
             "max_completion_length": args.max_completion_length,
             "temperature": args.temperature,
             "raft_n": args.raft_n,
@@ -452,8 +655,8 @@ def run_cell(ctx, task, method, lr, seed, base_answers) -> dict:
 RESUME_KEYS = ("model_path", "steps", "pairs", "max_completion_length", "temperature", "raft_n", "num_train_prompts",
                "num_heldout")
 # The methods whose result depends on the task's principle: their cells must also share it. The others (the base
-# model, GRPO, Online DPO, RAFT, SPA) never see the principle, so their cells stay valid when it changes.
-PRINCIPLED = ("base_prompted", "ple", "ple_anchored", "context_distillation")
+# model, the GRPOs, Online DPO, RAFT, SPA) never see the principle, so their cells stay valid when it changes.
+PRINCIPLED = ("base_prompted", "ple", "ple_anchored", "context_distillation", "sdft")
 
 
 def check_reusable(path, record, ctx, task):
@@ -499,6 +702,7 @@ COLUMNS = [  # (metric key, header, format)
     ("distinct_2", "distinct-2", "{:.2f}"),
     ("distinct_answers", "distinct answers", "{:.0%}"),
     ("relevance", "relevance", "{:.0%}"),
+    ("semantic_relevance", "semantic relevance", "{:.3f}"),
     ("generated_answers", "answers generated", "{:.0f}"),
     ("generated_tokens", "tokens generated", "{:.0f}"),
     ("train_s", "train s", "{:.0f}"),
@@ -525,10 +729,10 @@ def _groups(records: list[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
-def _row(method, lr, rows) -> list[str]:
+def _row(method, lr, rows, note="") -> list[str]:
     default = ", default" if lr == DEFAULT_LRS.get(method) else ""  # today's default, whatever it was at run time
-    label = method if method in UNTRAINED else f"{method} (lr {lr:g}{default})"
-    cells = [_mean_spread([r["metrics"][key] for r in rows], fmt) for key, _, fmt in COLUMNS]
+    label = method if method in UNTRAINED else f"{method} (lr {lr:g}{default}{note})"
+    cells = [_mean_spread([r["metrics"].get(key) for r in rows], fmt) for key, _, fmt in COLUMNS]
     return [label, str(len(rows)), *cells]
 
 
@@ -540,45 +744,130 @@ def summarize(records: list[dict]) -> dict[str, list[list[str]]]:
     return tables
 
 
-def best_rows(records: list[dict]) -> dict[str, list[list[str]]]:
+@dataclass
+class Selection:
+    """One method's selected learning rate on one task ([`select_rates`])."""
+
+    lr: float | None
+    rows: list[dict]
+    passed: bool | None  # whether the rate meets the constraints; None: not checked (untrained, or no base cell)
+    largest: bool  # whether it is the largest rate run for the method (the sweep does not bracket it)
+
+
+SELECTION_RULE = (
+    "For each method, the learning rate with the highest mean training reward (the reward the method trains on, of "
+    "its greedy held-out answers) among the rates, run with the most seeds, whose held-out distinct-2 is at least "
+    f"{DISTINCT_2_FLOOR:g}x the base model's and whose relevance (word overlap) is at least the base model's minus "
+    f"{RELEVANCE_MARGIN * 100:g} points; the held-out judge plays no part in the choice. A method none of whose rates "
+    "passes is picked by training reward among all of them, and its row says so."
+)
+
+
+def passes_constraints(rows: list[dict], base: list[dict]) -> bool:
+    """Whether the cells `rows` (one rate, its seeds) keep the mean distinct-2 at least 0.9x the base model's and the
+    mean relevance at least the base model's minus 5 points."""
+
+    def mean(cells, key):
+        return statistics.fmean(c["metrics"][key] for c in cells)
+
+    return (mean(rows, "distinct_2") >= DISTINCT_2_FLOOR * mean(base, "distinct_2") - 1e-12
+            and mean(rows, "relevance") >= mean(base, "relevance") - RELEVANCE_MARGIN - 1e-12)  # fmt: skip
+
+
+def select_rates(records: list[dict]) -> dict[tuple, Selection]:
     """
-    Per task: one row per method, at the learning rate with the highest mean *training* reward among those run with
-    the most seeds (a learning rate run on fewer seeds is only in the full table). The reward is what each method
-    optimises and what a user can measure without the judge, so the held-out judge plays no part in the choice and
-    stays held out; the same rule applies to every method.
+    `{(task, method): Selection}`: each method's learning rate by the selection rule ([`SELECTION_RULE`]): among the
+    rates run with the most seeds (a rate run on fewer seeds is only in the full table), those that pass
+    [`passes_constraints`] against the task's `base` cell; of them, the highest mean training reward. When none
+    passes, the highest mean training reward among them all (`passed=False`); without a `base` cell, unconstrained
+    (`passed=None`).
     """
-    tables: dict[str, list[list[str]]] = {}
-    for (task, method), (lr, rows) in best_cells(records).items():
-        tables.setdefault(task, []).append(_row(method, lr, rows))
-    return tables
+    groups = _groups(records)
+    by_method: dict[tuple, list[tuple]] = {}
+    for (task, method, lr), rows in groups.items():
+        by_method.setdefault((task, method), []).append((lr, rows))
+    selected = {}
+    for (task, method), options in by_method.items():
+        if method in UNTRAINED:
+            lr, rows = options[0]
+            selected[(task, method)] = Selection(lr, rows, None, False)
+            continue
+        most = max(len(rows) for _, rows in options)
+        eligible = [o for o in options if len(o[1]) == most]
+        base = groups.get((task, "base", None))
+        passing = eligible if base is None else [o for o in eligible if passes_constraints(o[1], base)]
+        lr, rows = max(passing or eligible, key=lambda o: statistics.fmean(r["metrics"]["reward"] for r in o[1]))
+        largest = lr == max(o[0] for o in options)
+        selected[(task, method)] = Selection(lr, rows, None if base is None else bool(passing), largest)
+    return selected
 
 
 def best_cells(records: list[dict]) -> dict[tuple, tuple]:
-    """`{(task, method): (lr, cells)}` at the learning rate [`best_rows`] picks."""
-    by_method: dict[tuple, list[tuple]] = {}
-    for (task, method, lr), rows in _groups(records).items():
-        by_method.setdefault((task, method), []).append((lr, rows))
-    best = {}
-    for key, options in by_method.items():
-        most = max(len(rows) for _, rows in options)
-        best[key] = max((o for o in options if len(o[1]) == most),
-                        key=lambda o: statistics.fmean(r["metrics"]["reward"] for r in o[1]))  # fmt: skip
-    return best
+    """`{(task, method): (lr, cells)}` at the learning rate [`select_rates`] picks."""
+    return {key: (sel.lr, sel.rows) for key, sel in select_rates(records).items()}
+
+
+def best_rows(records: list[dict]) -> dict[str, list[list[str]]]:
+    """Per task: one row per method at its selected learning rate ([`select_rates`]); a method none of whose rates
+    passes the constraints says so in its row."""
+    tables: dict[str, list[list[str]]] = {}
+    for (task, method), sel in select_rates(records).items():
+        note = "; no rate passes the constraints: picked by reward alone" if sel.passed is False else ""
+        tables.setdefault(task, []).append(_row(method, sel.lr, sel.rows, note))
+    return tables
+
+
+def next_rate(lr: float) -> float | None:
+    """The next rate of [`LR_LADDER`] above `lr` (`None` above its last)."""
+    return next((rate for rate in LR_LADDER if rate > lr * (1 + 1e-9)), None)
+
+
+def rates_to_bracket(records: list[dict]) -> dict[tuple, tuple]:
+    """
+    `{(task, method): (best, next)}` for every trained method whose selected rate ([`select_rates`]) is the largest
+    rate run: the sweep has not shown that a larger rate is worse, so `--bracket` runs `next` ([`next_rate`], `None`
+    when the ladder ends there).
+    """
+    return {key: (sel.lr, next_rate(sel.lr)) for key, sel in select_rates(records).items()
+            if key[1] not in UNTRAINED and sel.largest}  # fmt: skip
 
 
 def headers(judge_name: str) -> list[str]:
     return ["method", "seeds", *[h if key != "judge" else f"{judge_name} (held out)" for key, h, _ in COLUMNS]]
 
 
-def write_markdown(path, tables, tasks, args, skipped, best=None):
+def sweep_notes(records: list[dict], bracketed: dict | None = None) -> dict[str, list[str]]:
+    """
+    Per task, the lines that say where the sweep stands: the methods `--bracket` extended (`bracketed`:
+    `{(task, method): [(best, next), ...]}`), and those whose selected rate is still the largest run.
+    """
+    notes: dict[str, list[str]] = {}
+    for (task, method), steps in (bracketed or {}).items():
+        for best, nxt in steps:
+            notes.setdefault(task, []).append(
+                f"- `{method}`: its best rate {best:g} was the largest run; --bracket ran {nxt:g}." if nxt is not None
+                else f"- `{method}`: its best rate {best:g} is the largest run and the last of --bracket's ladder "
+                f"{', '.join(format(r, 'g') for r in LR_LADDER)}: not bracketed."
+            )  # fmt: skip
+    for (task, method), (best, nxt) in rates_to_bracket(records).items():
+        if (best, nxt) in (bracketed or {}).get((task, method), []):
+            continue  # said above
+        notes.setdefault(task, []).append(
+            f"- `{method}`: its selected rate {best:g} is the largest run, so the sweep does not bracket it "
+            + (f"(--bracket would run {nxt:g})." if nxt is not None else "(and the last of --bracket's ladder).")
+        )
+    return notes
+
+
+def write_markdown(path, tables, tasks, args, skipped, best=None, notes=None):
     lines = [
         "# PLE and the alternatives at an equal generation budget",
         "",
-        f"Budget: {args.steps} optimizer steps x {args.pairs} prompts (pairs) a step = "
-        f"{args.steps * args.pairs * 2} sampled answers of up to {args.max_completion_length} tokens per trained "
-        f"method (context distillation: {args.steps * args.pairs}). LoRA r {LORA['r']} / alpha {LORA['lora_alpha']} "
-        f"all-linear. Held-out prompts: up to {args.num_heldout} per task, greedy answers. Mean ± standard deviation "
-        "over seeds.",
+        (f"Budget: {args.steps} optimizer steps x {args.pairs} prompts (pairs) a step = "
+         f"{args.steps * args.pairs * 2} sampled answers of up to {args.max_completion_length} tokens per trained "
+         f"method (grpo_g4: {args.pairs // 2} prompts x 4 answers a step; context distillation: "
+         f"{args.steps * args.pairs}). LoRA r {LORA['r']} / alpha {LORA['lora_alpha']} all-linear. Held-out "
+         f"prompts: up to {args.num_heldout} per task, greedy answers. Mean ± standard deviation over seeds."),
         "",
     ]
     for name, rows in tables.items():
@@ -586,10 +875,10 @@ def write_markdown(path, tables, tasks, args, skipped, best=None):
         table_head = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += [f"## Task `{name}`: {tasks[name].principle}", ""]
         if best is not None:
-            lines += ["Each method at its best learning rate (the highest mean training reward among the learning "
-                      "rates run with the most seeds; the held-out judge plays no part in the choice):", "",
-                      *table_head]  # fmt: skip
+            lines += [f"Each method at its selected learning rate. {SELECTION_RULE}", "", *table_head]
             lines += ["| " + " | ".join(row) + " |" for row in best[name]]
+            if notes and notes.get(name):
+                lines += ["", "The sweep:", "", *notes[name]]
             lines += ["", "Every learning rate:", ""]
         lines += table_head
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -601,9 +890,9 @@ def write_markdown(path, tables, tasks, args, skipped, best=None):
 
 def plot(path, records, tasks):
     """
-    Two panels per task (a column each), every method at its best learning rate ([`best_rows`]): training reward (x)
-    against the held-out judge (y), colour = perplexity under the base; and relevance (x) against distinct-2 (y),
-    relative to the base model, with the 10% band around it shaded (what "without collapse" means in the table).
+    Two panels per task (a column each), every method at its selected learning rate ([`select_rates`]): training
+    reward (x) against the held-out judge (y), colour = perplexity under the base; and relevance (x) against
+    distinct-2 (y), relative to the base model, with the 10% band around it shaded.
     """
     import matplotlib
 
@@ -652,6 +941,54 @@ def plot(path, records, tasks):
     return path
 
 
+def plot_learning_curve(path, records, tasks):
+    """
+    One panel per task: the held-out judge (y) against the answers generated (x) for every trained method at its
+    selected rate ([`select_rates`]), mean over seeds with the standard deviation as error bars, from the points of
+    `metrics["curve"]` (the last is the final evaluation). For RAFT and context distillation x is the share of their
+    generated answers trained on (SFT step / S x answers generated). The base model is a dashed line; cells computed
+    before the curve existed have no curve and are left out.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    selected = select_rates(records)
+    names = [t for t in tasks if any(key[0] == t for key in selected)]
+    columns = max(1, len(names))
+    fig, axes = plt.subplots(1, columns, figsize=(6.5 * columns, 4.8), squeeze=False)
+    for column, name in enumerate(names):
+        ax = axes[0][column]
+        for (task, method), sel in selected.items():
+            if task != name:
+                continue
+            if method == "base":
+                base = statistics.fmean(r["metrics"]["judge"] for r in sel.rows)
+                ax.axhline(base, color="0.5", linestyle="--", linewidth=1, label="base")
+                continue
+            by_x: dict[float, list[float]] = {}
+            for record in sel.rows:
+                for point in record["metrics"].get("curve", []):
+                    by_x.setdefault(round(point["answers"], 6), []).append(point["judge"])
+            if not by_x:
+                continue
+            xs = sorted(by_x)
+            means = [statistics.fmean(by_x[x]) for x in xs]
+            errors = [statistics.stdev(by_x[x]) if len(by_x[x]) > 1 else 0.0 for x in xs]
+            style = "--" if method in TWO_STAGE else "-"
+            ax.errorbar(xs, means, yerr=errors, marker="o", linestyle=style, capsize=3,
+                        label=f"{method} {sel.lr:g}")  # fmt: skip
+        ax.set_xlabel("answers generated (RAFT, context distillation: share trained on)")
+        ax.set_ylabel(f"{tasks[name].judge_name} (held-out judge)")
+        ax.set_title(f"task {name}: learning curve at each method's selected rate")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
@@ -662,9 +999,14 @@ def build_parser():
     parser.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds.")
     parser.add_argument("--lrs", default="default,1e-4,3e-4,6e-4",
                         help="Comma-separated learning rates for every trained method; `default` is each method's own "
-                        "(PLE 1e-4 and SPA 3e-4 as in the demo, GRPO 1e-6, Online DPO 5e-7, SFT 2e-5).")  # fmt: skip
+                        "(PLE 1e-4 and SPA 3e-4 as in the demo, the GRPOs 1e-6, Online DPO 5e-7, SFT 2e-5, SDFT "
+                        "5e-5).")  # fmt: skip
+    parser.add_argument("--bracket", action="store_true",
+                        help="After the sweep, for every method whose selected rate is the largest rate run, run the "
+                        "next rate of " + ", ".join(format(r, "g") for r in LR_LADDER) + " (--seeds) and select "
+                        "again, until the selected rate is not the largest or the ladder ends.")  # fmt: skip
     parser.add_argument("--steps", type=int, default=16, help="Optimizer steps of every trained method.")
-    parser.add_argument("--pairs", type=int, default=8, help="Prompts a step; 2 answers each.")
+    parser.add_argument("--pairs", type=int, default=8, help="Prompts a step; 2 answers each (grpo_g4: B/2 x 4).")
     parser.add_argument("--max_completion_length", type=int, default=24)
     parser.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature of all training answers.")
     parser.add_argument("--num_heldout", type=int, default=64, help="Held-out prompts per task (at most 96 / 40).")
@@ -675,18 +1017,26 @@ def build_parser():
                         help="Default: what accelerate picks.")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU only).")
     parser.add_argument("--table_only", action="store_true",
-                        help="Train nothing: build the table and figure from the cell files already in --output_dir "
-                        "(every learning rate and seed found there, for --tasks and --methods).")  # fmt: skip
+                        help="Train nothing: build the table and figures from the cell files already in --output_dir "
+                        "(every learning rate and seed found there, for --tasks and --methods), adding the semantic "
+                        "relevance to the files that lack it.")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
-                        help="Harness check: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ".")  # fmt: skip
+                        help="Harness check: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (flags given "
+                        "explicitly win).")  # fmt: skip
     return parser
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:  # --quick's values become the defaults: `--quick --steps 4` runs 4 steps
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    args = parse_args(argv)
     for name in ("steps", "pairs", "max_completion_length", "num_heldout", "raft_n", "eval_batch_size", "threads"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name}={getattr(args, name)} must be >= 1.")
@@ -699,6 +1049,8 @@ def main(argv=None) -> dict:
         unknown = [n for n in name if n not in known]
         if unknown:
             raise SystemExit(f"{flag}: unknown {unknown}; choose from {list(known)}.")
+    if "grpo_g4" in methods and args.pairs % 2 and not args.table_only:
+        raise SystemExit(f"--pairs={args.pairs}: grpo_g4 answers B/2 prompts x 4 a step, so B must be even.")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     lrs = parse_lrs(args.lrs)
 
@@ -732,33 +1084,69 @@ def main(argv=None) -> dict:
         methods.remove("spa")
     if "base" not in methods:
         methods.insert(0, "base")  # every win rate is against the base model's answers
-    records, ran, reused = [], 0, 0
+    records, counts, bracketed = [], {"ran": 0, "reused": 0}, {}
     for task_name in task_names:
         task = tasks_all[task_name]
-        base_answers = None
+        task_records, base_answers = [], None
         for method in methods:
             cells = [(lr, seed) for lr in method_lrs(method, lrs) for seed in (seeds if lr is not None else [0])]
             for lr, seed in cells:
-                path = cell_path(args.output_dir, task_name, method, lr, seed)
-                if os.path.exists(path):
-                    with open(path) as f:
-                        record = json.load(f)
-                    check_reusable(path, record, ctx, task)
-                    reused += 1
-                    print(f"[done]  {task_name} {method} lr={lr} seed={seed}: {path}", flush=True)
-                else:
-                    print(f"[run]   {task_name} {method} lr={lr} seed={seed} ...", flush=True)
-                    record = run_cell(ctx, task, method, lr, seed, base_answers)
-                    _write_json(path, record)
-                    ran += 1
-                    m = record["metrics"]
-                    print(f"        reward {m['reward']:+.3f}  judge {m['judge']:+.3f}  train {m['train_s']:.0f}s  "
-                          f"eval {m['eval_s']:.0f}s", flush=True)  # fmt: skip
+                record = run_or_reuse(ctx, task, method, lr, seed, base_answers, counts)
                 if method == "base":
                     base_answers = record["answers"]
-                records.append(record)
+                task_records.append(record)
+        extended = args.bracket
+        while extended:  # --bracket: extend the sweep upward until no method's selected rate is its largest
+            extended = False
+            for (_, method), (best, nxt) in rates_to_bracket(task_records).items():
+                steps = bracketed.setdefault((task_name, method), [])
+                if (best, nxt) in steps:
+                    continue
+                steps.append((best, nxt))
+                if nxt is None:
+                    print(f"[bracket] {task_name} {method}: its best rate {best:g} is the largest run and the last "
+                          "of the ladder: not bracketed.", flush=True)  # fmt: skip
+                    continue
+                print(f"[bracket] {task_name} {method}: its best rate {best:g} is the largest run: running "
+                      f"{nxt:g}.", flush=True)  # fmt: skip
+                for seed in seeds:
+                    task_records.append(run_or_reuse(ctx, task, method, nxt, seed, base_answers, counts))
+                extended = True
+        records += task_records
 
-    return report(args, records, tasks_all, skipped, ran, reused)
+    return report(args, records, tasks_all, skipped, counts["ran"], counts["reused"], bracketed)
+
+
+def run_or_reuse(ctx, task, method, lr, seed, base_answers, counts) -> dict:
+    """The cell's record: read from its file when it exists (checked for reuse, the semantic relevance added where
+    missing), else run and written."""
+    path = cell_path(ctx.args.output_dir, task.name, method, lr, seed)
+    if os.path.exists(path):
+        record = load_cell(path, ctx, task)
+        counts["reused"] += 1
+        print(f"[done]  {task.name} {method} lr={lr} seed={seed}: {path}", flush=True)
+        return record
+    print(f"[run]   {task.name} {method} lr={lr} seed={seed} ...", flush=True)
+    record = run_cell(ctx, task, method, lr, seed, base_answers)
+    _write_json(path, record)
+    counts["ran"] += 1
+    m = record["metrics"]
+    print(f"        reward {m['reward']:+.3f}  judge {m['judge']:+.3f}  semantic relevance "
+          f"{m['semantic_relevance']:.3f}  answers {m['generated_answers']}  train {m['train_s']:.0f}s  "
+          f"eval {m['eval_s']:.0f}s", flush=True)  # fmt: skip
+    return record
+
+
+def load_cell(path, ctx, task) -> dict:
+    """A cell file, checked for reuse; a file written before the semantic relevance existed gets it, computed from
+    the prompts and answers it stores, and is written back."""
+    with open(path) as f:
+        record = json.load(f)
+    check_reusable(str(path), record, ctx, task)
+    if fill_semantic_relevance(record):
+        _write_json(str(path), record)
+        print(f"[added] semantic relevance to {path}", flush=True)
+    return record
 
 
 def collect_cells(ctx, tasks, task_names, methods) -> list[dict]:
@@ -768,35 +1156,39 @@ def collect_cells(ctx, tasks, task_names, methods) -> list[dict]:
         for method in methods:
             folder = Path(ctx.args.output_dir) / task_name / method
             for path in sorted(folder.glob("*.json")):
-                record = json.loads(path.read_text())
-                check_reusable(str(path), record, ctx, tasks[task_name])
-                records.append(record)
+                records.append(load_cell(path, ctx, tasks[task_name]))
     if not records:
         raise SystemExit(f"--table_only: no cell files under {ctx.args.output_dir} for {task_names} x {methods}.")
     return records
 
 
-def report(args, records, tasks, skipped, ran, reused) -> dict:
-    """Print the tables, write `results.md` and `compare.png`."""
+def report(args, records, tasks, skipped, ran, reused, bracketed=None) -> dict:
+    """Print the tables, write `results.md`, `compare.png` and `learning_curve.png`."""
     from ple_trl.evaluation import format_table
 
     tables = summarize(records)
     best = best_rows(records)
+    notes = sweep_notes(records, bracketed)
     for name, rows in tables.items():
         judge = tasks[name].judge_name
-        print(f"\nTask {name} ({judge} is the held-out judge), each method at its best training reward's rate:")
+        print(f"\nTask {name} ({judge} is the held-out judge), each method at its selected rate:")
         print(format_table(best[name], headers(judge), align="<" + ">" * (len(COLUMNS) + 1)))
+        for line in notes.get(name, []):
+            print(line)
         print(f"Task {name}, every learning rate:")
         print(format_table(rows, headers(judge), align="<" + ">" * (len(COLUMNS) + 1)))
+    print(f"\nSelection rule: {SELECTION_RULE}")
     for reason in skipped:
         print(f"skipped: {reason}")
     os.makedirs(args.output_dir, exist_ok=True)
     markdown = os.path.join(args.output_dir, "results.md")
-    write_markdown(markdown, tables, tasks, args, skipped, best)
+    write_markdown(markdown, tables, tasks, args, skipped, best, notes)
     figure = plot(os.path.join(args.output_dir, "compare.png"), records, tasks)
-    print(f"\nWrote {markdown} and {figure} ({ran} cells run, {reused} reused).")
+    curve = plot_learning_curve(os.path.join(args.output_dir, "learning_curve.png"), records, tasks)
+    print(f"\nWrote {markdown}, {figure} and {curve} ({ran} cells run, {reused} reused).")
     return {"records": records, "tables": tables, "best": best, "ran": ran, "reused": reused, "skipped": skipped,
-            "markdown": markdown, "figure": figure}  # fmt: skip
+            "markdown": markdown, "figure": figure, "learning_curve": curve, "bracketed": bracketed or {},
+            "notes": notes}  # fmt: skip
 
 
 if __name__ == "__main__":
