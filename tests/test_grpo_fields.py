@@ -13,7 +13,7 @@ from trl import GRPOConfig
 from ple_trl import PLEConfig, PLETrainer
 from ple_trl.config import GRPO_FIELDS_HONOURED, GRPO_FIELDS_IGNORED, GRPO_ONLY_FIELDS
 
-from helpers import PROMPTS
+from helpers import PROMPTS, read_labels
 from helpers import make_args as tiny_make_args
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "grpo_config_fields.md"
@@ -97,18 +97,6 @@ def test_the_doc_lists_every_field_in_its_table():
         assert sections.get(kind) == set(table), kind
 
 
-def count_generation_rounds(trainer):
-    calls = []
-    generate = trainer._generate_and_score_completions
-
-    def spy(inputs):
-        calls.append(len(inputs))
-        return generate(inputs)
-
-    trainer._generate_and_score_completions = spy
-    return calls
-
-
 @pytest.mark.parametrize("num_iterations", [1, 2])
 def test_num_iterations_reuses_each_round(tmp_path, tiny_model_path, num_iterations):
     """`num_iterations` passes over a round's pairs: 2 optimizer steps take 2 rounds, or 1 round trained twice."""
@@ -120,15 +108,21 @@ def test_num_iterations_reuses_each_round(tmp_path, tiny_model_path, num_iterati
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=by_position,
-        args=make_args(tmp_path, num_iterations=num_iterations, max_completion_length=3, reward_weights=[2.0]),
+        args=make_args(
+            tmp_path, num_iterations=num_iterations, max_completion_length=3, reward_weights=[2.0],
+            save_enhanced_labels=True,
+        ),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-    )
-    calls = count_generation_rounds(trainer)
+    )  # fmt: skip
     trainer.train()
-    assert calls == [2] * (2 // num_iterations)  # 2 pairs per round
     assert trainer.state.global_step == 2
+    # The audit log has one record per pair of each generated round, stamped with the step it was generated at: 2
+    # pairs at steps 0 and 1 (a round per step), or 2 pairs at step 0 only (the round trained again at step 1).
+    records = read_labels(tmp_path)
+    assert [record["step"] for record in records] == ([0, 0, 1, 1] if num_iterations == 1 else [0, 0])
     history = trainer.state.log_history
     # `reward_weights` scales the reward (1.0 -> 2.0); `max_completion_length` bounds every answer.
+    assert [record["reward_principled"] for record in records] == [2.0] * len(records)
     assert [entry["ple/reward_principled"] for entry in history if "ple/reward_principled" in entry][0] == 2.0
     assert max(entry["completions/max_length"] for entry in history if "completions/max_length" in entry) == 3
 

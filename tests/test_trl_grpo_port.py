@@ -35,7 +35,7 @@ from ple_trl.principles import wrap
 from ple_trl.testing import VLM_IMAGE_SIZE, VLM_PATCH_SIZE
 
 from conftest import build_tiny_causal_lm, completion_text
-from helpers import PRINCIPLE, PROMPTS, logged, snapshot
+from helpers import PRINCIPLE, PROMPTS, logged, read_labels, snapshot
 from helpers import make_args as tiny_make_args
 
 CHAT_PROMPTS = [[{"role": "user", "content": p}] for p in PROMPTS]
@@ -81,17 +81,10 @@ def spy_logps(trainer, monkeypatch, record):
     monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", spy)
 
 
-def count_rounds(trainer, monkeypatch):
-    """Count the generation rounds (calls of the sampling override) of a trainer."""
-    rounds = []
-    sample = trainer._generate_and_score_completions
-
-    def counted(inputs):
-        rounds.append(len(inputs))
-        return sample(inputs)
-
-    monkeypatch.setattr(trainer, "_generate_and_score_completions", counted)
-    return rounds
+def position_in_round(completions, **kwargs):
+    """A reward that tells a round's size: each answer scores its index in the round's one reward call. A round of N
+    pairs scores its plain answers 0..N-1 and its principled ones N..2N-1, so every pair's gap is N."""
+    return [float(i) for i in range(len(completions))]
 
 
 def constant(value, name):
@@ -145,17 +138,20 @@ def test_training_with_eval(tmp_path, tiny_model_path, eval_on_start):
     assert len(evaluations) == (2 if eval_on_start else 1) and all(math.isfinite(v) for v in evaluations)
 
 
-def test_training_multiple_iterations(tmp_path, tiny_model_path, monkeypatch):
+def test_training_multiple_iterations(tmp_path, tiny_model_path):
     # num_iterations=2: each generation round is trained on twice, so 2 steps need a single round.
     trainer = PLETrainer(
         model=tiny_model_path,
-        reward_funcs=word_count,
-        args=make_args(tmp_path, num_iterations=2),
+        reward_funcs=position_in_round,
+        args=make_args(tmp_path, num_iterations=2, save_enhanced_labels=True),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
-    rounds = count_rounds(trainer, monkeypatch)
     assert_trains(trainer)
-    assert rounds == [2]
+    # The audit log: one record per pair of each generated round, with the step it was generated at. One round of 2
+    # pairs, generated at step 0 (each gap is the round's size, 2) and trained again at step 1 without a new round.
+    records = read_labels(tmp_path)
+    assert [record["step"] for record in records] == [0, 0]
+    assert [record["reward_principled"] - record["reward_plain"] for record in records] == [2.0, 2.0]
 
 
 @pytest.mark.parametrize(
@@ -163,18 +159,23 @@ def test_training_multiple_iterations(tmp_path, tiny_model_path, monkeypatch):
     [{"steps_per_generation": 2}, {"generation_batch_size": 4}, {"gradient_accumulation_steps": 2}],
     ids=["steps_per_generation", "generation_batch_size", "gradient_accumulation"],
 )
-def test_training_generation_batch_variants(tmp_path, tiny_model_path, monkeypatch, batching):
+def test_training_generation_batch_variants(tmp_path, tiny_model_path, batching):
     # 2 pairs per micro-step, 4 pairs per generation round: one round feeds the 2 micro-steps.
     max_steps = 1 if "gradient_accumulation_steps" in batching else 2
     trainer = PLETrainer(
         model=tiny_model_path,
-        reward_funcs=word_count,
-        args=make_args(tmp_path, max_steps=max_steps, **batching),
+        reward_funcs=position_in_round,
+        args=make_args(tmp_path, max_steps=max_steps, save_enhanced_labels=True, **batching),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
-    rounds = count_rounds(trainer, monkeypatch)
     assert_trains(trainer)
-    assert rounds == [4]
+    # One round of the 4 prompts, generated at step 0: 4 records, each pair's gap the round's size (two rounds of 2
+    # pairs would give gaps of 2, and with a step per round, a record at step 1).
+    records = read_labels(tmp_path)
+    assert [record["step"] for record in records] == [0, 0, 0, 0]
+    assert sorted(record["prompt"] for record in records) == sorted(PROMPTS)
+    assert [record["reward_principled"] - record["reward_plain"] for record in records] == [4.0] * 4
+    assert sorted(record["reward_plain"] for record in records) == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_training_peft(tmp_path, tiny_model_path):
