@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import build_tiny_causal_lm, positive_fraction
 
 from ple_trl import cli
@@ -200,19 +201,45 @@ def test_eval_two_models(tmp_path, capsys, tiny_model_path, second_model_path, t
         assert outcome["win_rate"] == pytest.approx((outcome["wins"] + 0.5 * outcome["ties"]) / 3)
 
 
+def greedy_answers_by_hand(model, tokenizer, prompts, max_new_tokens):
+    """Greedy answers to text prompts sent through the chat template, one prompt at a time (no padding)."""
+    answers = []
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)  # fmt: skip
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            output = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        answers.append(tokenizer.decode(output[0, ids.size(1) :], skip_special_tokens=True).strip())
+    return answers
+
+
 def test_eval_loads_an_adapter_folder(tmp_path, tiny_model_path, prompt_file):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter_dir = tmp_path / "adapter"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_model_path),
         LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
-    model.save_pretrained(adapter_dir)  # B = 0 at init: the adapter model answers exactly like its base
-    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(adapter_dir)
+    ).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained adapter: B away from its zero init, so that the adapter changes the answers
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
     assert not (adapter_dir / "config.json").exists()
     results = eval_main(eval_args(str(adapter_dir), prompt_file, tmp_path / "a.json", "--no_perplexity", "True")[1:])
-    base = eval_main(eval_args(tiny_model_path, prompt_file, tmp_path / "b.json", "--no_perplexity", "True")[1:])
-    assert results["answers"][str(adapter_dir)] == base["answers"][tiny_model_path]
+    # The answers of the adapter applied to its base, computed here from the model in memory, not from the folder.
+    expected = greedy_answers_by_hand(model, tokenizer, PROMPTS[:3], max_new_tokens=5)
+    with model.disable_adapter():
+        base = greedy_answers_by_hand(model, tokenizer, PROMPTS[:3], max_new_tokens=5)
+    assert expected != base  # the test tells the adapter's answers from the base model's
+    assert results["answers"][str(adapter_dir)] == expected
     assert "perplexity" not in results["models"][str(adapter_dir)]

@@ -16,14 +16,16 @@ PROMPTS = ["write a review of the movie", "tell me about your day", "what is the
 
 @pytest.fixture
 def generate_calls(monkeypatch):
-    """Every `generate` call of the tiny Llama: the unpadded prompt ids it got and the ids it returned."""
+    """Every `generate` call of the tiny Llama: the unpadded prompt ids it got, the ids it returned and whether the
+    model was in training mode during the call."""
     calls = []
     original = LlamaForCausalLM.generate
 
     def spy(self, *args, **kwargs):
+        training = self.training
         output = original(self, *args, **kwargs)
         ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
-        calls.append(([row[m.bool()].tolist() for row, m in zip(ids, mask)], output[:, ids.shape[1] :]))
+        calls.append(([row[m.bool()].tolist() for row, m in zip(ids, mask)], output[:, ids.shape[1] :], training))
         return output
 
     monkeypatch.setattr(LlamaForCausalLM, "generate", spy)
@@ -40,16 +42,20 @@ def template_ids(tokenizer, prompt):
 def test_text_prompts_reach_a_chat_model_through_its_template(tiny_model_path, generate_calls):
     model, tokenizer = load_causal_lm(tiny_model_path)
     answers = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=3, batch_size=2)
-    seen = [ids for prompt_ids, _ in generate_calls for ids in prompt_ids]
+    seen = [ids for prompt_ids, _, _ in generate_calls for ids in prompt_ids]
     assert seen == [template_ids(tokenizer, prompt) for prompt in PROMPTS]
     tokens = tokenizer.convert_ids_to_tokens(seen[0])
     assert tokens[0] == "<user>" and tokens[-1] == "<assistant>"
     # Each answer is the decoded new tokens only: no prompt, no special tokens.
-    new_ids = [row for _, output in generate_calls for row in output]
+    new_ids = [row for _, output, _ in generate_calls for row in output]
     assert answers == [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_ids]
     assert all(isinstance(answer, str) for answer in answers)
-    model.train()  # dropout would make answers random: generation runs in eval mode, then restores the mode
-    assert generate_answers(model, tokenizer, PROMPTS, max_new_tokens=3) == answers  # greedy: deterministic
+    # Dropout would make answers random: a model that comes in training mode generates in eval mode, then gets its
+    # mode back.
+    generate_calls.clear()
+    model.train()
+    generate_answers(model, tokenizer, PROMPTS[:1], max_new_tokens=3)
+    assert [training for _, _, training in generate_calls] == [False]
     assert model.training
 
     generate_calls.clear()
@@ -57,15 +63,21 @@ def test_text_prompts_reach_a_chat_model_through_its_template(tiny_model_path, g
     assert generate_calls[0][0] == [tokenizer(PROMPTS[0])["input_ids"]]  # raw text, as a base model gets it
 
 
-def test_conversations_and_chat_template_choices(tiny_model_path):
+def test_conversations_and_chat_template_choices(tiny_model_path, generate_calls):
     model, tokenizer = load_causal_lm(tiny_model_path)
     chats = [[{"role": "user", "content": prompt}] for prompt in PROMPTS[:2]]
-    answers = generate_answers(model, tokenizer, chats, max_new_tokens=3)
-    assert [answer[0]["role"] for answer in answers] == ["assistant", "assistant"]
-    # A conversation and the same request as text, with the template on, are the same generation.
-    assert [answer[0]["content"] for answer in answers] == generate_answers(
-        model, tokenizer, PROMPTS[:2], max_new_tokens=3, chat_template="on"
-    )
+    expected_prompt_ids = [template_ids(tokenizer, prompt) for prompt in PROMPTS[:2]]
+    # A conversation, and the same request as text with the template on, reach the model as the template's ids.
+    for prompts, chat_template in ((chats, "auto"), (PROMPTS[:2], "on")):
+        generate_calls.clear()
+        answers = generate_answers(model, tokenizer, prompts, max_new_tokens=3, chat_template=chat_template)
+        [(prompt_ids, new_ids, _)] = generate_calls
+        assert prompt_ids == expected_prompt_ids
+        texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_ids]
+        if prompts is chats:  # the answer to a conversation is an assistant message
+            assert answers == [[{"role": "assistant", "content": text}] for text in texts]
+        else:
+            assert answers == texts
     with pytest.raises(ValueError, match="`chat_template='off'`, but the prompts are conversations"):
         generate_answers(model, tokenizer, chats, chat_template="off")
     with pytest.raises(ValueError, match="must be one of"):

@@ -173,16 +173,29 @@ def test_registry_takes_trl_reward_functions_and_leaves_out_factories():
     assert overlong(completion_ids=[[0] * 5, [0] * 7]) == [0.0, -0.5]
 
 
-def test_eval_script_imports_nothing_from_the_training_script():
-    import ast
-    from pathlib import Path
+def test_eval_runs_without_loading_the_training_script(tmp_path, monkeypatch):
+    """`ple-trl eval` shares the registry (`ple_trl.rewards`) and the data arguments (`ple_trl.scripts.arguments`) with
+    `ple-trl train`, but never loads the training script: imported afresh and run through its argument parsing,
+    reward resolution, prompt loading and `main` (each up to its first check), it leaves `ple_trl.scripts.ple`
+    unloaded."""
+    import importlib
+    import sys
 
-    import ple_trl.scripts.eval as eval_script
+    import ple_trl.scripts
+    from ple_trl.scripts.arguments import DataArguments, RewardArguments
 
-    tree = ast.parse(Path(eval_script.__file__).read_text())
-    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-    modules = {node.module for node in imports}
-    names = {alias.name for node in imports for alias in node.names}
-    assert "ple" not in modules and "ple_trl.scripts.ple" not in modules and "ple" not in names
-    # The registry and the shared arguments come from their own modules.
-    assert {"rewards", "arguments"} <= modules
+    for name in ("eval", "ple"):  # restored after the test
+        monkeypatch.delitem(sys.modules, f"ple_trl.scripts.{name}", raising=False)
+        monkeypatch.delattr(ple_trl.scripts, name, raising=False)
+    eval_script = importlib.import_module("ple_trl.scripts.eval")
+    missing = str(tmp_path / "missing")  # each step below fails on it once its imports are done: nothing loads
+    argv = ["--dataset_name", f"{missing}.jsonl", "--prompt_column", "question", "--reward_funcs", "vader_sentiment"]
+    (args,) = eval_script.make_parser().parse_args_and_config(["--model_name_or_path", "some-org/model", *argv])
+    assert isinstance(args, DataArguments) and isinstance(args, RewardArguments)
+    assert (args.prompt_column, args.reward_funcs) == ("question", ["vader_sentiment"])
+    assert eval_script.reward_funcs(args) == {"vader_sentiment": reward_funcs_registry()["vader_sentiment"]}
+    with pytest.raises(ValueError, match=r"--dataset_name .*missing.jsonl`: the path .* does not exist"):
+        eval_script.load_prompts(args)
+    with pytest.raises(ValueError, match=r"--model_name_or_path`: the path .* does not exist"):
+        eval_script.main(["--model_name_or_path", missing, *argv])
+    assert "ple_trl.scripts.ple" not in sys.modules

@@ -1,13 +1,12 @@
 """Training that crashed or trained the wrong thing (issue 9: items 1, 6, 7, 8, 9, 11), on tiny models."""
 
-import inspect
 import math
 
 import pytest
 import torch
 from datasets import Dataset
 from test_trainer import FORMATS
-from transformers import Trainer
+from transformers import AutoModelForCausalLM
 
 from ple_trl import PLETrainer
 
@@ -54,13 +53,6 @@ def test_tau_decays_once_per_epoch_when_accumulation_does_not_divide_the_rounds(
     assert logged(trainer, "ple/tau") == pytest.approx([0.2, 0.2, 0.18, 0.18, 0.162, 0.162])
 
 
-def test_the_epoch_length_comes_from_transformers_own_count():
-    # PLETrainer captures `num_update_steps_per_epoch` where transformers computes it: that method must keep its form.
-    parameters = list(inspect.signature(Trainer.set_initial_training_values).parameters)
-    assert parameters[:3] == ["self", "args", "dataloader"]
-    assert "num_update_steps_per_epoch," in inspect.getsource(Trainer.set_initial_training_values)
-
-
 # --- item 7: z-scored rewards with one infinite reward -----------------------------------------------------------
 
 
@@ -98,6 +90,31 @@ def test_rank_all_prefers_the_plain_answer_when_it_scored_higher(tmp_path, tiny_
 # --- item 9: IPO ranks on mean token log-probs -------------------------------------------------------------------
 
 
+def answer_log_probs_by_hand(model, batch):
+    """`(pairs, 2)` sums and means of the log-probs of each answer's tokens under `model`, from its logits on the
+    unpadded `[prompt + answer]` of each answer (right-padded into one batch: causal attention never sees the pads)."""
+    num_pairs = batch["prompt_ids"].size(0)
+    rows = []  # (prompt, answer) token ids, without padding, pair by pair, plain answer first
+    for i in range(num_pairs):
+        prompt = batch["prompt_ids"][i][batch["prompt_mask"][i].bool()]
+        rows += [(prompt, batch["completion_ids"][i, j][batch["completion_mask"][i, j].bool()]) for j in range(2)]
+    length = max(len(prompt) + len(answer) for prompt, answer in rows)
+    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for row, (prompt, answer) in enumerate(rows):
+        input_ids[row, : len(prompt) + len(answer)] = torch.cat([prompt, answer])
+        attention_mask[row, : len(prompt) + len(answer)] = 1
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    sums, means = torch.zeros(num_pairs * 2), torch.zeros(num_pairs * 2)
+    for row, (prompt, answer) in enumerate(rows):
+        # The logit at position t predicts token t + 1: the answer's tokens from the prompt's last position on.
+        log_probs = torch.log_softmax(logits[row, len(prompt) - 1 : len(prompt) + len(answer) - 1].double(), dim=-1)
+        token_log_probs = log_probs.gather(-1, answer[:, None]).squeeze(-1)
+        sums[row], means[row] = token_log_probs.sum(), token_log_probs.mean()
+    return sums.view(num_pairs, 2), means.view(num_pairs, 2)
+
+
 def test_ipo_reference_log_probs_are_per_token_means(tmp_path, tiny_model_path):
     trainer = PLETrainer(
         model=tiny_model_path, ref_model=tiny_model_path, reward_funcs=by_position(0.0, 1.0),
@@ -105,9 +122,11 @@ def test_ipo_reference_log_probs_are_per_token_means(tmp_path, tiny_model_path):
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )  # fmt: skip
     batch = trainer._generate_and_score_completions([{"prompt": PROMPTS[0]}, {"prompt": PROMPTS[1]}])
-    with torch.no_grad():
-        means = trainer._pair_logps(trainer.ref_model, batch)[1]  # (sums, means, ...)
-    assert torch.allclose(batch["ref_logps"], means.transpose(0, 1))
+    # The reference is the model at the path: its log-probs by hand, from a copy loaded here.
+    sums, means = answer_log_probs_by_hand(AutoModelForCausalLM.from_pretrained(tiny_model_path).eval(), batch)
+    assert batch["ref_logps"].shape == (2, 2)  # (pairs, [plain answer, principled answer])
+    torch.testing.assert_close(batch["ref_logps"], means, rtol=0, atol=1e-5)
+    assert not torch.allclose(sums, means, atol=1e-3)  # answers longer than one token: sums would be told apart
 
 
 # --- item 11: evaluate() converts the formats it is given --------------------------------------------------------
