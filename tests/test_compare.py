@@ -160,13 +160,19 @@ def test_curve_measurement_leaves_training_unchanged(compare, tiny_model_path, t
     ctx = compare.Context(args, tiny_model_path, tokenizer, base, torch.device("cpu"), False, False)
     task = compare.build_tasks()["warm"]
     heldout, train = task.prompts("heldout")[:2], task.prompts("train")[:2]
-    for method in ("grpo", "sdft"):
-        runs = []
-        for with_curve in (True, False):
-            model, counter, curve = compare.train_method(ctx, task, method, 1e-3, 0, train, str(tmp_path / method),
-                                                         heldout if with_curve else None)  # fmt: skip
-            lora = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
-            runs.append((lora, counter.answers, len(curve)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as compare.py's --threads: two threads on the shared cores run ten times slower
+    try:
+        results = {}
+        for method in ("grpo", "sdft"):
+            for with_curve in (True, False):
+                model, counter, curve = compare.train_method(ctx, task, method, 1e-3, 0, train,
+                                                             str(tmp_path / method), heldout if with_curve else None)
+                lora = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+                results.setdefault(method, []).append((lora, counter.answers, len(curve)))
+    finally:
+        torch.set_num_threads(threads)
+    for method, runs in results.items():
         (with_lora, with_answers, with_points), (plain_lora, plain_answers, plain_points) = runs
         assert (with_points, plain_points) == (1, 0)
         assert with_answers == plain_answers == 8
