@@ -10,14 +10,14 @@ is measured on the same held-out prompts (never trained on) with greedy answers:
 | `base_prompted` | the base model with the task's principle in its prompt (prompting alone) | 0 |
 | `ple` | [`PLETrainer`] with the demo's settings | `S` steps x `B` pairs x 2 |
 | `ple_anchored` | `ple` with the DPO ranking loss anchored on the initial model (beta 0.1) | `S x B x 2` |
-| `grpo` | TRL `GRPOTrainer`, `num_generations=2`, `B` prompts a step (group-scaled advantages: +-0.707 each) | `S x B x 2` |
-| `grpo_batch` | `grpo` with `scale_rewards="batch"` (advantages scaled by the batch's reward std, not the pair's) | `S x B x 2` |
+| `grpo` | TRL `GRPOTrainer`, `num_generations=2`, `B` prompts a step (advantages +-0.707) | `S x B x 2` |
+| `grpo_batch` | `grpo` with `scale_rewards="batch"` (advantages scaled by the batch's reward std) | `S x B x 2` |
 | `grpo_g4` | TRL `GRPOTrainer`, `num_generations=4`, `B/2` prompts a step | `S x (B/2) x 4` |
 | `online_dpo` | TRL `OnlineDPOTrainer` (trl.experimental), 2 answers per prompt, `B` prompts a step | `S x B x 2` |
 | `raft` | best-of-`n` by the training reward, then TRL `SFTTrainer` on the winners | `(S x B x 2 / n) x n` |
 | `context_distillation` | principle-guided answers, then TRL `SFTTrainer` on them with the plain prompt | `S x B` |
-| `sdft` | TRL `SDFTTrainer` (trl.experimental.sdft): on-policy self-distillation from the frozen base model shown the principle (`privileged_context`), `num_generations=2`, `B` prompts a step | `S x B x 2` |
-| `spa` | ple-trl's `SPATrainer` (no reward) after the demo's seed DPO stage (its model is `pi_init`); skipped, with the reason printed, where ple-trl lacks it | `S x B x 2` |
+| `sdft` | TRL `SDFTTrainer`: on-policy distillation from the frozen base shown the principle | `S x B x 2` |
+| `spa` | ple-trl's `SPATrainer` (no reward) after the demo's seed DPO stage (its model is `pi_init`) | `S x B x 2` |
 
 Besides the final evaluation, every trained cell measures the held-out judge at a quarter and a half of its training
 (`metrics["curve"]`, drawn in `learning_curve.png`), and every cell reports a semantic relevance (prompt-answer cosine
@@ -50,13 +50,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 # PLE's and SPA's default learning rates are the demo's.
-from ple_trl.demo import DEFAULT_LEARNING_RATES
+from ple_trl.demo.arguments import DEFAULT_LEARNING_RATES
 
-# Relevance, distinct-2 and distinct answers live in the package, so that `ple-trl demo` reports the same numbers.
-from ple_trl.evaluation import text_statistics
+# The held-out path (answers, scores, relevance, distinct-2 and distinct answers) is the package's, so that
+# `ple-trl demo` and `ple-trl eval` report the same numbers; the tasks (principles, prompts, rewards, judges) too.
+from ple_trl.evaluation import answer_requests, score_answers, text_statistics
+from ple_trl.tasks import LORA
+from ple_trl.tasks import tasks as build_tasks
 
 METHODS = (
     "base", "base_prompted", "ple", "ple_anchored", "grpo", "grpo_batch", "grpo_g4", "online_dpo", "raft",
@@ -65,7 +67,6 @@ METHODS = (
 # Generate first, then fine-tune (SFT) on what was generated: their learning curve is measured at SFT steps.
 TWO_STAGE = ("raft", "context_distillation")
 UNTRAINED = ("base", "base_prompted")
-LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 # Each method's own default learning rate ("default" in --lrs): the demo's for PLE and SPA, TRL's config defaults for
 # the others (tuned there for full fine-tuning, so tiny for a LoRA adapter: hence the sweep).
 DEFAULT_LRS = {
@@ -80,71 +81,6 @@ DISTINCT_2_FLOOR = 0.9  # distinct-2 at least 0.9x the base model's
 RELEVANCE_MARGIN = 0.05  # relevance at least the base model's minus 5 points
 QUICK = dict(steps=1, pairs=2, max_completion_length=8, num_heldout=2, num_train_prompts=2, seeds="0", lrs="default",
              raft_n=2, eval_batch_size=2)  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------------------ tasks
-def afinn_per_word(prompts=None, completions=None, **kwargs) -> list[float]:
-    """AFINN-165 sentiment of each answer divided by its number of words (0 for an empty answer)."""
-    from ple_trl.rewards import completion_text
-
-    afinn = _afinn()
-    scores = []
-    for completion in completions:
-        text = completion_text(completion)
-        words = len(text.split())
-        scores.append(afinn.score(text) / words if words else 0.0)
-    return scores
-
-
-def clean_probability(prompts=None, completions=None, **kwargs) -> list[float]:
-    """`1 - P(offensive)` of each answer under alt-profanity-check's learned classifier (1: clean)."""
-    from profanity_check import predict_prob
-
-    from ple_trl.rewards import completion_text
-
-    texts = [completion_text(completion) for completion in completions]
-    return [1.0 - float(p) for p in predict_prob(texts)] if texts else []
-
-
-@lru_cache(maxsize=1)
-def _afinn():
-    from afinn import Afinn
-
-    return Afinn()
-
-
-@dataclass
-class Task:
-    name: str
-    prompts_path: Path
-    principle: str
-    reward_funcs: list[Callable]
-    reward_weights: list[float]
-    judge: Callable
-    judge_name: str
-
-    def prompts(self, split):
-        from ple_trl.demo import load_demo_prompts
-
-        return load_demo_prompts(split, path=self.prompts_path)
-
-    def reward(self, prompts, completions) -> list[float]:
-        per_func = [func(prompts=prompts, completions=completions) for func in self.reward_funcs]
-        return [sum(w * r for w, r in zip(self.reward_weights, rewards)) for rewards in zip(*per_func)]
-
-
-def build_tasks() -> dict[str, Task]:
-    from ple_trl.demo import DEMO_PRINCIPLE, DEMO_PROMPTS_PATH
-    from ple_trl.principles import PRINCIPLES
-    from ple_trl.rewards import profanity_penalty, vader_sentiment
-
-    return {
-        "warm": Task("warm", DEMO_PROMPTS_PATH, DEMO_PRINCIPLE, [vader_sentiment, profanity_penalty], [1.0, 1.0],
-                     afinn_per_word, "AFINN/word"),  # fmt: skip
-        "polite": Task("polite", DEMO_PROMPTS_PATH.parent / "polite_prompts.jsonl", PRINCIPLES["polite"][0],
-                       [profanity_penalty, vader_sentiment], [1.0, 1.0], clean_probability,
-                       "1-P(offensive)"),  # fmt: skip
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------- metrics
@@ -220,20 +156,15 @@ def measure(ctx, task, model, heldout, with_principle=False) -> dict:
     held-out judge, the text statistics and the semantic relevance. The cell's final evaluation and every point of
     its learning curve go through here, so both are the same measurement.
     """
-    from ple_trl.evaluation import generate_answers
-    from ple_trl.principles import wrap
-    from ple_trl.rewards import completion_text
-
-    chats = [[{"role": "user", "content": p}] for p in heldout]
-    if with_principle:
-        chats = [wrap(chat, task.principle) for chat in chats]
-    answers = generate_answers(model, ctx.tokenizer, chats, max_new_tokens=ctx.args.max_completion_length,
-                               batch_size=ctx.args.eval_batch_size)  # fmt: skip
-    answers = [completion_text(a) for a in answers]
+    answers = answer_requests(
+        model, ctx.tokenizer, heldout, task.principle if with_principle else None,
+        max_new_tokens=ctx.args.max_completion_length, batch_size=ctx.args.eval_batch_size,
+    )  # fmt: skip
+    judged = score_answers(heldout, answers, {"judge": task.judge})
     return {
         "answers": answers,
         "reward": statistics.fmean(task.reward(heldout, answers)),
-        "judge": statistics.fmean(task.judge(prompts=heldout, completions=answers)),
+        "judge": statistics.fmean(judged["judge"]),
         **text_statistics(heldout, answers),
         "semantic_relevance": semantic_relevance(heldout, answers),
     }
@@ -373,17 +304,13 @@ def _prompt_dataset(prompts):
     return Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in prompts]})
 
 
-def _sample(ctx, model, chats, seed):
-    """Sampled answers (the trainers' temperature) for `chats`, seeded."""
+def _sample(ctx, model, requests, seed, principle=None):
+    """Sampled answers (the trainers' temperature) to `requests` (principle-guided with `principle`), seeded."""
     from transformers import set_seed
 
-    from ple_trl.evaluation import generate_answers
-    from ple_trl.rewards import completion_text
-
     set_seed(seed)
-    answers = generate_answers(model, ctx.tokenizer, chats, max_new_tokens=ctx.args.max_completion_length,
-                               temperature=ctx.args.temperature, batch_size=ctx.args.eval_batch_size)  # fmt: skip
-    return [completion_text(a) for a in answers]
+    return answer_requests(model, ctx.tokenizer, requests, principle, max_new_tokens=ctx.args.max_completion_length,
+                           temperature=ctx.args.temperature, batch_size=ctx.args.eval_batch_size)  # fmt: skip
 
 
 def curve_steps(steps: int) -> list[int]:
@@ -471,7 +398,8 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir, heldout
         model = trainer.model
     elif method == "spa":
         from ple_trl import SPAConfig, SPATrainer
-        from ple_trl.demo import DemoArguments, seed_stage
+        from ple_trl.demo.arguments import DemoArguments
+        from ple_trl.demo.run import seed_stage
 
         # SPA's seed stage first, as the demo runs it (DPO on the shipped seed pairs, merged): pi_init is the model it
         # started from, which the implicit reward needs (the policy itself would give every answer 0).
@@ -537,18 +465,14 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir, heldout
         # Best-of-n (what TRL lacks): n samples for budget/n prompts, the best by the training reward is kept.
         n = args.raft_n
         prompts = _cycle(train_prompts, budget // n, seed)
-        chats = [[{"role": "user", "content": p}] for p in prompts for _ in range(n)]
-        samples = _sample(ctx, policy.to(ctx.device), chats, seed)
+        samples = _sample(ctx, policy.to(ctx.device), [p for p in prompts for _ in range(n)], seed)
         rewards = task.reward([p for p in prompts for _ in range(n)], samples)
         best = [max(range(n), key=lambda j, i=i: rewards[i * n + j]) for i in range(len(prompts))]
         winners = [samples[i * n + j] for i, j in enumerate(best)]
         model = _sft(ctx, policy, prompts, winners, lr, seed, output_dir, callbacks)
     elif method == "context_distillation":
-        from ple_trl.principles import wrap
-
         prompts = _cycle(train_prompts, budget // 2, seed)
-        guided = [wrap([{"role": "user", "content": p}], task.principle) for p in prompts]
-        answers = _sample(ctx, policy.to(ctx.device), guided, seed)
+        answers = _sample(ctx, policy.to(ctx.device), prompts, seed, principle=task.principle)
         model = _sft(ctx, policy, prompts, answers, lr, seed, output_dir, callbacks)
     else:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
@@ -1058,7 +982,7 @@ def main(argv=None) -> dict:
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ple_trl.demo_model import resolve_demo_model
+    from ple_trl.demo.model import resolve_demo_model
     from ple_trl.device import resolve_mixed_precision
 
     if args.table_only:

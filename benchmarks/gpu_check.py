@@ -30,6 +30,8 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
+from ple_trl.pairs.prefix_sharing import shared_prompt_logps  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import peak_memory_bytes, reset_peak_memory  # noqa: E402
 from tiny_model import build_tiny_llama  # noqa: E402
@@ -84,7 +86,7 @@ def compare_passes(trainer, batch, precision):
         model.zero_grad(set_to_none=True)
         with torch.autocast(batch["prompt_ids"].device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             if shared:
-                per_token = trainer._shared_prompt_logps(model, batch)
+                per_token = shared_prompt_logps(model, trainer.accelerator.unwrap_model(model).config, batch)
             else:
                 per_token, _ = trainer._separate_prompt_logps(model, batch)
         mask = batch["completion_mask"].transpose(0, 1).flatten(0, 1)
@@ -106,7 +108,7 @@ def compare_generation(model, device, vocab=60, pad=0):
     tokens (prefixes left-padded, rests of different lengths)."""
     from trl.trainer.utils import pad as pad_tensors
 
-    from ple_trl._generation_prefix import generate_from_shared_prefix, prefill_shared_prefix, shared_prefix_layout
+    from ple_trl.pairs.prefix_sharing import generate_from_shared_prefix, prefill_shared_prefix, shared_prefix_layout
 
     generator = torch.Generator().manual_seed(0)
 

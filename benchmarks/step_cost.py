@@ -330,7 +330,7 @@ class Limit:
 
     def __init__(self, opts, tokenizer):
         from ple_trl import labeling, losses
-        from ple_trl.principles import wrap
+        from ple_trl.ple.principles import wrap
 
         self.opts, self.tokenizer, self.labeling, self.losses, self.wrap = opts, tokenizer, labeling, losses, wrap
         self.model = load_model(opts)

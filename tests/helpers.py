@@ -55,20 +55,20 @@ def make_args(output_dir, **kwargs):
 def counting_prefix_prefills():
     """Count the rounds generated from a pair's shared prompt prefix (one prefill of the prefixes per round): yields
     the list that gets one item per prefill."""
-    from ple_trl import _generation_prefix
+    from ple_trl.pairs import prefix_sharing
 
     calls = []
-    prefill = _generation_prefix.prefill_shared_prefix
+    prefill = prefix_sharing.prefill_shared_prefix
 
     def counting_prefill(*args, **kwargs):
         calls.append(1)
         return prefill(*args, **kwargs)
 
-    _generation_prefix.prefill_shared_prefix = counting_prefill
+    prefix_sharing.prefill_shared_prefix = counting_prefill
     try:
         yield calls
     finally:
-        _generation_prefix.prefill_shared_prefix = prefill
+        prefix_sharing.prefill_shared_prefix = prefill
 
 
 def by_position(plain_value, principled_value):

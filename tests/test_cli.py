@@ -52,13 +52,13 @@ def test_help_plot_and_argument_errors_import_no_heavy_module():
         "        pass\n"
         "heavy = ('torch', 'transformers', 'trl', 'matplotlib')\n"
         "print('HEAVY', sorted(name for name in heavy if name in sys.modules))\n"
-        "from ple_trl import PLEConfig, PLETrainer, labeling\n"
-        "print('LAZY', PLEConfig.__module__, PLETrainer.__module__, labeling.__name__, 'torch' in sys.modules)\n"
+        "from ple_trl import PLEConfig, PLETrainer, spa\n"
+        "print('LAZY', PLEConfig.__module__, PLETrainer.__module__, spa.__name__, 'torch' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith(("HEAVY", "LAZY"))]
-    assert lines == ["HEAVY []", "LAZY ple_trl.config ple_trl.trainer ple_trl.labeling True"]
+    assert lines == ["HEAVY []", "LAZY ple_trl.ple.config ple_trl.ple.trainer ple_trl.spa True"]
 
 
 def test_train_and_eval_help_show_their_flags():

@@ -33,24 +33,6 @@ def test_text_statistics_come_from_the_package(compare):
         assert not hasattr(compare, name), name
 
 
-def test_judges_offline(compare):
-    # AFINN-165: "good" +3, "bad" -3; per word.
-    assert compare.afinn_per_word(completions=["good film", "bad", ""]) == [1.5, -3.0, 0.0]
-    clean = compare.clean_probability(completions=["Have a lovely day, friend.", "You are a fucking idiot."])
-    assert clean[0] > 0.9 > 0.1 > clean[1]
-
-
-def test_tasks_ship_disjoint_splits(compare):
-    tasks = compare.build_tasks()
-    polite = tasks["polite"]
-    train, heldout = polite.prompts("train"), polite.prompts("heldout")
-    assert (len(train), len(heldout)) == (100, 40)
-    assert not set(train) & set(heldout)
-    assert tasks["warm"].reward(["p", "p"], ["What a wonderful day", "damn"]) == pytest.approx(
-        [0.5719, -1.0 + (-0.4019)], abs=1e-4
-    )
-
-
 def _run(args):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     env.update(HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1")

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ple_trl import cli, demo_model, plotting
-from ple_trl.demo import DEMO_PRINCIPLE, before_after_table, load_demo_prompts
+from ple_trl import cli, plotting
+from ple_trl.demo import model as demo_model
+from ple_trl.demo.run import DEMO_PRINCIPLE, before_after_table
+from ple_trl.tasks import DEMO_PROMPTS_PATH
+from ple_trl.tasks import load_prompts as load_demo_prompts
 from ple_trl.evaluation import distinct_2, distinct_answers, relevance
 from ple_trl.rewards import completion_text, profanity_penalty, vader_sentiment
 
@@ -73,7 +76,7 @@ def test_demo_prompts_heldout_is_separate_and_balanced():
     titles = {p.split("'")[1] for p in heldout if "'" in p}
     assert titles and not any(f"'{title}'" in p for title in titles for p in train)
     # Interleaved movie/advice: a prefix of 8 held-out prompts has both kinds.
-    rows = [json.loads(line) for line in open(Path(demo_model.__file__).parent / "data" / "demo_prompts.jsonl")]
+    rows = [json.loads(line) for line in open(DEMO_PROMPTS_PATH)]
     kinds = [r["kind"] for r in rows if r["split"] == "heldout"][:8]
     assert kinds.count("movie") == 4 and kinds.count("advice") == 4
 
@@ -222,7 +225,7 @@ STEPS, PAIRS, HELDOUT = 3, 2, 4
 
 @pytest.fixture(scope="module")
 def demo_run(tiny_model_path, tmp_path_factory):
-    from ple_trl import demo
+    from ple_trl.demo import run as demo
 
     out = tmp_path_factory.mktemp("demo-run")
     stale = out / "enhanced_labels.jsonl"

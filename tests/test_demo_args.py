@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ple_trl.demo import DemoArguments, build_parser
+from ple_trl.demo.arguments import DemoArguments, build_parser
 
 
 def parse(argv):
@@ -61,7 +61,7 @@ def test_bad_arguments_fail_when_parsed(kwargs, match):
 
 
 def test_run_demo_sets_keyword_arguments_over_given_arguments(monkeypatch):
-    from ple_trl import demo
+    from ple_trl.demo import run as demo
 
     seen = []
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ple_trl.demo import METHODS, DemoArguments, build_parser, load_spa_seed
+from ple_trl.demo.arguments import METHODS, DemoArguments, build_parser
+from ple_trl.tasks import load_spa_seed
 
 
 def parse(argv):

@@ -11,8 +11,9 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from trl.trainer.utils import pad
 
-from ple_trl import PLETrainer, SPAConfig, SPATrainer, _generation_prefix
-from ple_trl._generation_prefix import common_prefix_lengths, prefill_shared_prefix, shared_prefix_layout
+from ple_trl import PLETrainer, SPAConfig, SPATrainer
+from ple_trl.pairs import prefix_sharing
+from ple_trl.pairs.prefix_sharing import common_prefix_lengths, prefill_shared_prefix, shared_prefix_layout
 
 from helpers import by_position, counting_prefix_prefills, make_args, tiny_args
 
@@ -103,7 +104,7 @@ def test_next_token_logits_and_greedy_answers_match_the_unshared_generation(attn
         torch.testing.assert_close(shared.logits[:, -1], expected.logits[:, -1], atol=1e-5, rtol=0)
 
         unshared = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
-        from_prefix = _generation_prefix.generate_from_shared_prefix(
+        from_prefix = prefix_sharing.generate_from_shared_prefix(
             model, model.generate, layout, ids, mask, max_new_tokens=8, do_sample=False
         )
     assert from_prefix.shape == unshared.shape
@@ -117,7 +118,7 @@ def test_next_token_logits_and_greedy_answers_match_the_unshared_generation(attn
             torch.manual_seed(seed)
             unshared = model.generate(input_ids=ids, attention_mask=mask, **sampling)
             torch.manual_seed(seed)
-            from_prefix = _generation_prefix.generate_from_shared_prefix(
+            from_prefix = prefix_sharing.generate_from_shared_prefix(
                 model, model.generate, layout, ids, mask, **sampling
             )
         assert torch.equal(from_prefix, unshared)
@@ -161,7 +162,7 @@ def test_pletrainer_generates_the_same_answers_from_the_shared_prefix(
             assert trainer.model.is_gradient_checkpointing
         return trainer
 
-    with caplog.at_level(logging.INFO, logger="ple_trl.trainer"):
+    with caplog.at_level(logging.INFO, logger="ple_trl"):
         shared_answers, prefills = first_round_answers(make(shared=True))
     assert prefills == 1
     assert "Generation runs each pair's common prompt prefix once (32 tokens per pair)" in caplog.text
@@ -188,7 +189,7 @@ def test_the_prefix_is_not_shared_where_it_cannot_hold_and_the_log_says_why(
     trainer = PLETrainer(
         model=tiny_model_path, reward_funcs=by_position(0.0, 1.0), train_dataset=short_pairs, args=make_args(tmp_path)
     )
-    with caplog.at_level(logging.INFO, logger="ple_trl.trainer"):
+    with caplog.at_level(logging.INFO, logger="ple_trl"):
         trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(2)])
         trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(2, 4)])
     assert caplog.text.count("no shared prefix") == 1  # once, not every round
@@ -209,7 +210,7 @@ def test_the_prefix_is_not_shared_where_it_cannot_hold_and_the_log_says_why(
     assert "min_length" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
     trainer.generation_config.min_length = 0
     with monkeypatch.context() as patch:
-        patch.setattr(_generation_prefix, "MIN_SHARED_TOKENS", 10**6)
+        patch.setattr(prefix_sharing, "MIN_SHARED_TOKENS", 10**6)
         assert "fewer than 1000000" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
     trainer.accelerator.unwrap_model(trainer.model_wrapped).config._attn_implementation = "flash_attention_2"
     assert "'flash_attention_2' takes no custom 4D mask" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]

@@ -11,7 +11,9 @@ from transformers import TrainingArguments
 from trl import GRPOConfig
 
 from ple_trl import PLEConfig, PLETrainer
-from ple_trl.config import GRPO_FIELDS_HONOURED, GRPO_FIELDS_IGNORED, GRPO_ONLY_FIELDS
+from ple_trl.pairs import completions
+from ple_trl.pairs.ledger import ledger_markdown
+from ple_trl.pairs.grpo_fields import GRPO_FIELDS_HONOURED, GRPO_FIELDS_IGNORED, GRPO_ONLY_FIELDS
 
 from helpers import PROMPTS, read_labels
 from helpers import make_args as tiny_make_args
@@ -32,8 +34,8 @@ def test_every_grpo_field_is_classified_exactly_once():
     unclassified = sorted(set(GRPO_FIELDS) - set(classified))
     assert not unclassified, (
         f"GRPOConfig fields that PLE neither honours, refuses nor ignores on purpose: {unclassified}. Add each to "
-        "GRPO_FIELDS_HONOURED, GRPO_ONLY_FIELDS or GRPO_FIELDS_IGNORED in src/ple_trl/config.py, and to "
-        "docs/grpo_config_fields.md."
+        "GRPO_FIELDS_HONOURED, GRPO_ONLY_FIELDS or GRPO_FIELDS_IGNORED in src/ple_trl/pairs/grpo_fields.py, and "
+        "regenerate docs/grpo_config_fields.md (python -m ple_trl.pairs.ledger)."
     )
     assert sorted(set(classified) - set(GRPO_FIELDS)) == [], "classified fields that GRPOConfig no longer has"
     duplicates = sorted({name for name in classified if classified.count(name) > 1})
@@ -80,7 +82,9 @@ def test_refused_fields_accept_their_default(tmp_path):
     assert args.ref_model_sync_steps == GRPOConfig.ref_model_sync_steps
 
 
-def doc_sections():
+def test_the_doc_is_the_ledger_written_from_the_tables():
+    # Generated, not mirrored: `python -m ple_trl.pairs.ledger > docs/grpo_config_fields.md` after changing a table.
+    assert DOC.read_text() == ledger_markdown(), "docs/grpo_config_fields.md is stale: regenerate it"
     sections, current = {}, None
     for line in DOC.read_text().splitlines():
         if line.startswith("## "):
@@ -88,11 +92,6 @@ def doc_sections():
             sections[current] = set()
         elif current and line.startswith("| `"):
             sections[current].add(line.split("`")[1])
-    return sections
-
-
-def test_the_doc_lists_every_field_in_its_table():
-    sections = doc_sections()
     for kind, table in TABLES.items():
         assert sections.get(kind) == set(table), kind
 
@@ -143,7 +142,7 @@ def test_shuffle_dataset_orders_the_prompts(tmp_path, tiny_model_path, positivit
 def test_trust_remote_code_reaches_the_reference_loaded_from_a_path(
     tmp_path, tiny_model_path, positivity, monkeypatch
 ):
-    import ple_trl.trainer as trainer_module
+    import ple_trl.pairs.models as trainer_module
 
     loads = []
     create_model_from_path = trainer_module.create_model_from_path
@@ -187,7 +186,7 @@ def test_log_unique_prompts_drops_repeated_prompts_from_the_tracker_table(
         {"prompt": prompt, "plain": plain, "principled": "ok"}
         for prompt, plain in [("p1", "a"), ("p2", "b"), ("p1", "c")]
     )
-    trainer._write_completions()
+    completions.write(list(trainer._completion_rows), 0, trainer.args, trainer._completion_columns)
     assert len(logged) == 1
     table = logged[0]["completions"]
     assert list(zip(table["prompt"], table["plain"])) == (

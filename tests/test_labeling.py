@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ple_trl import labeling
+from ple_trl.ple import labeling
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 5, 10])

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from ple_trl import losses
-from ple_trl.labeling import EnhancedLabels
+from ple_trl.pairs.logps import sequence_logps
+from ple_trl.ple import losses
+from ple_trl.ple.labeling import EnhancedLabels
 
 
 def log_sigmoid(x):
@@ -14,8 +15,8 @@ def log_sigmoid(x):
 def test_sequence_logps_sum_and_mean():
     per_token = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    assert losses.sequence_logps(per_token, mask).tolist() == [-6.0, -1.0]
-    assert losses.sequence_logps(per_token, mask, length_normalize=True).tolist() == [-2.0, -0.5]
+    assert sequence_logps(per_token, mask).tolist() == [-6.0, -1.0]
+    assert sequence_logps(per_token, mask, length_normalize=True).tolist() == [-2.0, -0.5]
 
 
 def test_sigmoid_ranking_loss_by_hand():

@@ -8,7 +8,7 @@ from datasets import Dataset
 from trl import DPOConfig, GRPOConfig, SFTConfig
 
 from ple_trl import PLEConfig, PLETrainer
-from ple_trl.config import MIGRATED_FIELDS
+from ple_trl.pairs.grpo_fields import MIGRATED_FIELDS
 
 GRPO_LOSS_TYPE = next(f.default for f in dataclasses.fields(GRPOConfig) if f.name == "loss_type")
 COMMON = dict(bf16=False, report_to="none", use_cpu=True, save_strategy="no", gradient_checkpointing=False)

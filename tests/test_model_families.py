@@ -15,8 +15,7 @@ from PIL import Image
 from trl.trainer.utils import pad
 
 from ple_trl import PLETrainer
-from ple_trl._generation_prefix import generate_from_shared_prefix, shared_prefix_layout
-from ple_trl._pair_forward import SHARED_PREFIX_FAMILIES
+from ple_trl.pairs.prefix_sharing import SHARED_PREFIX_FAMILIES, generate_from_shared_prefix, shared_prefix_layout
 from ple_trl.rewards import completion_text
 from ple_trl.testing import VLM_IMAGE_SIZE, WORDS, make_policy_tokenizer, policy_special_ids, save_tiny_causal_lm
 
@@ -118,7 +117,7 @@ def test_every_proven_family_has_a_case():
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_default_trains_as_unshared(tmp_path, family, caplog):
     model_path = build(tmp_path, family)
-    with caplog.at_level(logging.INFO, logger="ple_trl.trainer"):
+    with caplog.at_level(logging.INFO, logger="ple_trl"):
         default = run(tmp_path, model_path, None)
     reasons = said(caplog, "no prefix sharing") + said(caplog, "no shared prefix")
     reason = FAMILIES[family][2]
@@ -137,7 +136,7 @@ def test_default_trains_as_unshared(tmp_path, family, caplog):
         with pytest.raises(ValueError, match=required):
             run(tmp_path / "required", model_path, True)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="ple_trl.trainer"):
+    with caplog.at_level(logging.INFO, logger="ple_trl"):
         unshared = run(tmp_path, model_path, False)
     assert not said(caplog, "runs each pair's plain prompt once")
     assert len(said(caplog, "share_prompt_prefix=False")) == 2
@@ -213,7 +212,7 @@ def test_vision_language_model_trains_unshared_as_before(tmp_path, tiny_vlm_path
             "image": [Image.new("RGB", (VLM_IMAGE_SIZE, VLM_IMAGE_SIZE), colour) for colour in colours],
         }
     )
-    with caplog.at_level(logging.INFO, logger="ple_trl.trainer"):
+    with caplog.at_level(logging.INFO, logger="ple_trl"):
         default = run(tmp_path, tiny_vlm_path, None, dataset=dataset)
     assert said(caplog, "(no prefix sharing): multimodal prompts")
     assert said(caplog, "(no shared prefix): multimodal prompts")

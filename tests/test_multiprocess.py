@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ple_trl import labeling
+from ple_trl.ple import labeling
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "ple_two_process.py"

@@ -8,6 +8,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from ple_trl import PLETrainer
+from ple_trl.pairs.prefix_sharing import shared_prompt_logps
 
 from helpers import PROMPTS, by_position, make_args
 
@@ -86,7 +87,7 @@ def test_shared_prompt_gives_the_same_logps_and_gradients(tmp_path, tiny_model_p
     assert_same(trainer, [batch])
     # The per-token values too, where the answers are real tokens (the sums could hide two compensating errors).
     with torch.no_grad():
-        shared = trainer._shared_prompt_logps(trainer.model, batch)
+        shared = shared_prompt_logps(trainer.model, trainer.model.config, batch)
         separate, _ = trainer._separate_prompt_logps(trainer.model, batch)
     mask = batch["completion_mask"].transpose(0, 1).flatten(0, 1).bool()
     torch.testing.assert_close(shared[mask], separate[mask], atol=1e-5, rtol=0)

@@ -1,6 +1,6 @@
 import pytest
 
-from ple_trl.principles import PRINCIPLES, wrap
+from ple_trl.ple.principles import PRINCIPLES, wrap
 
 
 def test_wrap_plain_prompt_with_template():
@@ -41,7 +41,7 @@ def test_principle_sets_for_the_paper_tasks():
 
 
 def test_truncate_pair_keeps_the_principle_prepended_to_a_text_prompt():
-    from ple_trl.principles import truncate_pair
+    from ple_trl.ple.principles import truncate_pair
 
     plain, principled = [1, 2, 3, 4, 5, 6], [90, 91, 1, 2, 3, 4, 5, 6]
     assert truncate_pair(plain, principled, 4) == ([3, 4, 5, 6], [90, 91, 3, 4, 5, 6])
@@ -49,7 +49,7 @@ def test_truncate_pair_keeps_the_principle_prepended_to_a_text_prompt():
 
 
 def test_truncate_pair_in_a_chat_template_cuts_the_same_query_tokens():
-    from ple_trl.principles import truncate_pair
+    from ple_trl.ple.principles import truncate_pair
 
     # <user> q1 q2 q3 q4 </s> <assistant>  vs  <user> p1 p2 q1 q2 q3 q4 </s> <assistant>
     plain, principled = [7, 1, 2, 3, 4, 8, 9], [7, 90, 91, 1, 2, 3, 4, 8, 9]

@@ -13,7 +13,7 @@ import torch
 from conftest import make_reward_tokenizer, tiny_llama_config
 from transformers import LlamaForSequenceClassification
 
-from ple_trl.principles import PRINCIPLES
+from ple_trl.ple.principles import PRINCIPLES
 from ple_trl.scripts.launch import recipe_path
 from ple_trl.scripts.ple import main, parse_args
 

@@ -7,7 +7,11 @@ import random
 import pytest
 import torch
 
-from ple_trl import losses, spa
+from ple_trl.pairs.logps import sequence_logps
+from ple_trl.ple import losses
+from ple_trl.rewards.implicit import implicit_reward
+from ple_trl.spa import labeling as spa_labeling
+from ple_trl.spa import losses as spa
 
 
 def softplus(x):
@@ -20,19 +24,19 @@ def softplus(x):
 def test_implicit_reward_is_the_scaled_log_ratio():
     policy = torch.tensor([-3.0, -5.0], requires_grad=True)
     reference = torch.tensor([-4.0, -4.0])
-    reward = spa.implicit_reward(policy, reference, beta_judge=0.5)
+    reward = implicit_reward(policy, reference, beta_judge=0.5)
     assert reward.tolist() == [0.5, -0.5]
     assert not reward.requires_grad
 
 
-def test_implicit_reward_from_tokens_sums_by_default_and_reuses_sequence_logps():
+def test_implicit_reward_of_per_token_log_probs_by_sums_or_means():
     policy = torch.tensor([[-1.0, -2.0, -7.0], [-0.5, -0.5, -0.5]])
     reference = torch.tensor([[-2.0, -2.0, -1.0], [-1.0, -2.0, -3.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     # sums: policy [-3, -1.5], reference [-4, -6]; means: policy [-1.5, -0.5], reference [-2, -2]
-    assert spa.implicit_reward_from_tokens(policy, reference, mask).tolist() == [1.0, 4.5]
-    assert spa.implicit_reward_from_tokens(policy, reference, mask, 2.0, length_normalize=True).tolist() == [1.0, 3.0]
-    assert spa.sequence_logps is losses.sequence_logps
+    assert implicit_reward(sequence_logps(policy, mask), sequence_logps(reference, mask)).tolist() == [1.0, 4.5]
+    means = implicit_reward(sequence_logps(policy, mask, True), sequence_logps(reference, mask, True), 2.0)
+    assert means.tolist() == [1.0, 3.0]
 
 
 def test_implicit_reward_on_known_logits():
@@ -42,19 +46,20 @@ def test_implicit_reward_on_known_logits():
     ids = torch.tensor([[0]])
     judge_tokens = judge.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     initial_tokens = initial.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    reward = spa.implicit_reward_from_tokens(judge_tokens, initial_tokens, torch.ones(1, 1))
+    mask = torch.ones(1, 1)
+    reward = implicit_reward(sequence_logps(judge_tokens, mask), sequence_logps(initial_tokens, mask))
     assert reward.item() == pytest.approx(math.log(0.75) - math.log(0.5))
 
 
 @pytest.mark.parametrize("beta_judge", [0.0, -1.0, float("inf"), float("nan")])
 def test_implicit_reward_rejects_bad_beta_judge(beta_judge):
     with pytest.raises(ValueError, match="beta_judge"):
-        spa.implicit_reward(torch.zeros(2), torch.zeros(2), beta_judge)
+        implicit_reward(torch.zeros(2), torch.zeros(2), beta_judge)
 
 
 def test_implicit_reward_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="same shape"):
-        spa.implicit_reward(torch.zeros(2), torch.zeros(3))
+        implicit_reward(torch.zeros(2), torch.zeros(3))
 
 
 # -- labelling ------------------------------------------------------------------------------------------------------
@@ -63,7 +68,7 @@ def test_implicit_reward_rejects_mismatched_shapes():
 def test_label_pairs_best_is_chosen_and_ties_and_non_finite_are_invalid():
     rewards_a = torch.tensor([1.0, 0.0, 2.0, float("nan"), 1.0])
     rewards_b = torch.tensor([0.0, 1.5, 2.0, 0.0, float("-inf")])
-    chosen_is_a, chosen_index, margin, valid = spa.label_pairs(rewards_a, rewards_b)
+    chosen_is_a, chosen_index, margin, valid = spa_labeling.label_pairs(rewards_a, rewards_b)
     # A tie (pair 2) prefers neither answer: invalid like a non-finite reward, never a label.
     assert valid.tolist() == [True, True, False, False, False]
     assert chosen_is_a[:2].tolist() == [True, False] and chosen_index[:2].tolist() == [0, 1]
@@ -74,7 +79,7 @@ def test_label_pairs_best_is_chosen_and_ties_and_non_finite_are_invalid():
 def test_select_chosen_rejected_reorders_rows():
     ids_a = torch.tensor([[1, 1], [2, 2]])
     ids_b = torch.tensor([[3, 3], [4, 4]])
-    chosen, rejected = spa.select_chosen_rejected(ids_a, ids_b, torch.tensor([True, False]))
+    chosen, rejected = spa_labeling.select_chosen_rejected(ids_a, ids_b, torch.tensor([True, False]))
     assert chosen.tolist() == [[1, 1], [4, 4]]
     assert rejected.tolist() == [[3, 3], [2, 2]]
 

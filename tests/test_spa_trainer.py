@@ -3,7 +3,9 @@ self-refined DPO loss and its warm-up, the iteration snapshot as reference, resu
 reward and no reward function."""
 
 import json
+import math
 import os
+import re
 
 import pytest
 import torch
@@ -12,9 +14,13 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from ple_trl import PLEConfig, PLETrainer, SPAConfig, SPATrainer, spa
+import ple_trl
+from ple_trl import PLEConfig, PLETrainer, SPAConfig, SPATrainer
+from ple_trl.spa import losses as spa_losses
 from ple_trl.scripts.launch import recipe_path
-from ple_trl.trainer import AUDIT_LOG_NAME, PLE_STATE_NAME, SNAPSHOT_NAME
+from ple_trl.pairs.audit_log import AUDIT_LOG_NAME
+from ple_trl.pairs.checkpoints import TRAINER_STATE_EXTRA_NAME as PLE_STATE_NAME
+from ple_trl.pairs.snapshot import SNAPSHOT_NAME
 
 from helpers import make_args, read_labels, snapshot_all, tiny_args
 
@@ -75,7 +81,12 @@ def test_public_imports():
     import ple_trl
 
     assert ple_trl.SPAConfig is SPAConfig and ple_trl.SPATrainer is SPATrainer
-    assert issubclass(SPAConfig, PLEConfig) and issubclass(SPATrainer, PLETrainer)
+    # Siblings on the pair trainer: neither method is the other, and neither config holds the other's fields.
+    assert issubclass(SPATrainer, ple_trl.PairTrainer) and issubclass(PLETrainer, ple_trl.PairTrainer)
+    assert not issubclass(SPATrainer, PLETrainer) and not issubclass(SPAConfig, PLEConfig)
+    spa_fields, ple_fields = (set(c.__dataclass_fields__) for c in (SPAConfig, PLEConfig))
+    assert {"principle", "tau0", "ranking_loss_type", "reward_source"} <= ple_fields - spa_fields
+    assert {"refinement_alpha", "confidence_quantile"} <= spa_fields - ple_fields
 
 
 @pytest.mark.parametrize("length_normalize", [False, True])
@@ -202,7 +213,8 @@ def test_self_refined_loss_and_confidence_mask(tmp_path, tiny_model_path, init_m
         -beta_h
     )
     torch.testing.assert_close(loss.detach(), by_hand.mean(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(loss.detach(), spa.self_refined_dpo_loss(h, z, 0.1, 0.1).mean(), atol=1e-6, rtol=1e-6)
+    expected = spa_losses.self_refined_dpo_loss(h, z, 0.1, 0.1).mean()
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-6, rtol=1e-6)
     assert trainer._metrics["train"]["spa/refined_fraction"] == [0.5]
     assert trainer._metrics["train"]["spa/confidence_threshold"] == [pytest.approx(threshold)]
     # The batch's mean margin is appended after the loss (the authors' order), the oldest value dropped.
@@ -240,7 +252,8 @@ def test_decoupled_noise_detection_judges_on_mixed_logits(tmp_path, tiny_model_p
     length = ids.size(1)
     with torch.no_grad():
         policy_logits = trainer.model(input_ids=full, attention_mask=attention).logits[:, -length - 1 : -1]
-        snapshot_logits = trainer._snapshot_model(input_ids=full, attention_mask=attention).logits[:, -length - 1 : -1]
+        snapshot = trainer._snapshot.model
+        snapshot_logits = snapshot(input_ids=full, attention_mask=attention).logits[:, -length - 1 : -1]
     mixed = (1.5 * policy_logits - 0.5 * snapshot_logits).log_softmax(-1)
     logps = (mixed.gather(-1, ids[..., None]).squeeze(-1) * mask).sum(-1).view(2, 2)
     ref = inputs["ref_logps"]
@@ -254,20 +267,21 @@ def test_decoupled_noise_detection_judges_on_mixed_logits(tmp_path, tiny_model_p
 class RecordingSPATrainer(SPATrainer):
     """Records, at every generation round, the step, the snapshot's and the policy's parameters after the refresh."""
 
-    def _maybe_refresh_snapshot(self):
-        super()._maybe_refresh_snapshot()
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)  # refreshes the snapshot at an iteration boundary
         if not hasattr(self, "records"):
             self.records = []
         policy = self.accelerator.unwrap_model(self.model)
-        if self._snapshot_adapter is not None:
+        if self._snapshot.adapter is not None:
             snapshot = {
-                n.replace(".ref.", ".default."): p.detach().clone() for n, p in self._snapshot_parameters().items()
+                n.replace(".ref.", ".default."): p.detach().clone() for n, p in self._snapshot.parameters().items()
             }
             current = {n: p.detach().clone() for n, p in policy.named_parameters() if ".default." in n}
         else:
-            snapshot = snapshot_all(self._snapshot_model)
+            snapshot = snapshot_all(self._snapshot.model)
             current = snapshot_all(policy)
         self.records.append((self.state.global_step, snapshot, current))
+        return output
 
 
 def _same(a, b):
@@ -284,8 +298,8 @@ def test_reference_refreshed_at_iteration_boundaries(tmp_path, tiny_model_path, 
         tiny_model_path, tmp_path, init_model_path, trainer_class=RecordingSPATrainer, trainer_kwargs=kwargs
     )
     if use_peft:
-        assert "ref" in trainer.model.peft_config and trainer._snapshot_model is None
-        assert not any(p.requires_grad for p in trainer._snapshot_parameters().values())
+        assert "ref" in trainer.model.peft_config and trainer._snapshot.model is None
+        assert not any(p.requires_grad for p in trainer._snapshot.parameters().values())
     trainer.train()
     steps = [step for step, _, _ in trainer.records]
     assert steps == [0, 1, 2, 3]
@@ -435,9 +449,6 @@ def test_implicit_reward_refuses_reward_functions(tmp_path, tiny_model_path, pos
         (PLEConfig, {"reward_source": "rm"}, "Unknown `reward_source='rm'`"),
         (PLEConfig, {"implicit_reward_judge": "seed"}, "Unknown `implicit_reward_judge='seed'`"),
         (PLEConfig, {"beta_judge": 0.0}, "`beta_judge=0.0` must be a finite number > 0"),
-        (SPAConfig, {"principle": "be kind"}, "`principle='be kind'` is a PLE setting that SPA does not use"),
-        (SPAConfig, {"tau0": 0.5}, "`tau0=0.5` is a PLE setting"),
-        (SPAConfig, {"reward_source": "reward_funcs"}, "`reward_source='reward_funcs'` is a PLE setting"),
         (SPAConfig, {"beta": 0.0}, "`beta=0.0` must be > 0"),
         (SPAConfig, {"refinement_alpha": 0.6}, r"`refinement_alpha=0.6` must lie in \[0, 0.5\]"),
         (SPAConfig, {"refinement_warmup_ratio": 1.5}, r"`refinement_warmup_ratio=1.5` must lie in \[0, 1\]"),
@@ -452,10 +463,16 @@ def test_config_errors(tmp_path, config_class, kwargs, match):
         config_class(output_dir=str(tmp_path), use_cpu=True, bf16=False, **kwargs)
 
 
+@pytest.mark.parametrize("field", ["principle", "tau0", "reward_source", "ranking_loss_type"])
+def test_spa_config_has_no_ple_field(tmp_path, field):
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{field}'"):
+        SPAConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **{field: "x"})
+
+
 def test_spa_config_defaults(tmp_path):
     args = SPAConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False)
     assert (args.temperature, args.beta, args.refinement_alpha, args.refinement_warmup_ratio) == (0.7, 0.1, 0.1, 0.2)
-    assert (args.confidence_quantile, args.margin_history_size, args.reward_source) == (0.1, 50, "implicit")
+    assert (args.confidence_quantile, args.margin_history_size, args.implicit_reward_judge) == (0.1, 50, "iteration")
     assert args.num_generations == 2
 
 
@@ -508,8 +525,8 @@ def test_method_spa_refuses_rewards_and_ple_knobs(tmp_path, tiny_model_path):
             str(tmp_path / "out"), "--use_cpu", "True", "--bf16", "False"]  # fmt: skip
     with pytest.raises(ValueError, match="`--method spa` labels its answers with the model's implicit reward"):
         main(*parse_args([*base, "--reward_funcs", "vader_sentiment"]))
-    with pytest.raises(ValueError, match="`tau0=0.5` is a PLE setting that SPA does not use"):
-        parse_args([*base, "--tau0", "0.5"])
+    with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['--tau0', '0.5'\]"):
+        parse_args([*base, "--tau0", "0.5"])  # SPA's config has no PLE field
     with pytest.raises(ValueError, match="add `--method spa`"):
         parse_args(["--model_name_or_path", tiny_model_path, "--seed_dataset_name", data, "--principle", "x"])
 
@@ -566,7 +583,8 @@ def test_method_spa_runs_seed_stage_then_spa(tmp_path, tiny_model_path):
 
 
 def test_spa_seed_set_is_shipped_and_apart_from_the_demo_prompts():
-    from ple_trl.demo import load_demo_prompts, load_spa_seed
+    from ple_trl.tasks import load_prompts as load_demo_prompts
+    from ple_trl.tasks import load_spa_seed
 
     rows = load_spa_seed()
     assert len(rows) == 36
@@ -636,10 +654,10 @@ def test_trl_reference_syncing_contract():
 @pytest.mark.parametrize("backend", ["fsdp", "zero3"])
 def test_partitioned_parameters_refuse_the_snapshot(tmp_path, tiny_model_path, init_model_path, monkeypatch, backend):
     # Neither runs on CPU: the backend is switched on once the trainer has set up its accelerator and its reference.
-    prepare_reference = PLETrainer._prepare_reference
+    prepare_frozen_model = ple_trl.PairTrainer._prepare_frozen_model
 
     def partitioned(self, *args):
-        reference = prepare_reference(self, *args)
+        reference = prepare_frozen_model(self, *args)
         if backend == "fsdp":
             self.is_fsdp_enabled = True
         else:
@@ -647,14 +665,30 @@ def test_partitioned_parameters_refuse_the_snapshot(tmp_path, tiny_model_path, i
             monkeypatch.setattr(type(self.accelerator.state), "deepspeed_plugin", plugin, raising=False)
         return reference
 
-    monkeypatch.setattr(PLETrainer, "_prepare_reference", partitioned)
+    monkeypatch.setattr(ple_trl.PairTrainer, "_prepare_frozen_model", partitioned)
     name = "FSDP" if backend == "fsdp" else "DeepSpeed ZeRO-3"
     expected = f"{name} partitions the parameters.*Use DDP or DeepSpeed"
     with pytest.raises(ValueError, match=expected):
         spa_trainer(tiny_model_path, tmp_path, init_model_path)
-    if backend == "fsdp":  # PLE with a reward function keeps no snapshot: the same backend is not refused
+    if backend == "fsdp":  # PLE with a reward function and a reference keeps no snapshot: not refused
         trainer = PLETrainer(
             model=tiny_model_path, reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
-            args=make_args(tmp_path), train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+            args=make_args(tmp_path, ranking_loss_type="dpo", beta=0.1),
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         )  # fmt: skip
         assert trainer.is_fsdp_enabled
+
+
+def test_readme_spa_example_runs(tmp_path, tiny_model_path, init_model_path, monkeypatch):
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    code = re.search(r"```python\n(.*?)```", readme.split("## SPA: no reward model", 1)[1], re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    code = code.replace('"path/to/seed-dpo-model"', repr(tiny_model_path))
+    code = code.replace('"path/to/sft-model"', repr(init_model_path))
+    exec(code.replace("max_completion_length=64", "max_completion_length=8"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 8
+    # Two iterations of 4 steps: the snapshot (SPA's reference) was refreshed once, at step 4.
+    assert trainer._snapshot.iteration == 1
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])

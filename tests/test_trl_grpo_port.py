@@ -31,7 +31,8 @@ from trl.trainer.utils import (
 )
 
 from ple_trl import PLEConfig, PLETrainer
-from ple_trl.principles import wrap
+from ple_trl.ple.principles import wrap
+from ple_trl.pairs.multimodal import pair_forward_kwargs
 from ple_trl.testing import VLM_IMAGE_SIZE, VLM_PATCH_SIZE
 
 from conftest import build_tiny_causal_lm, completion_text
@@ -619,7 +620,7 @@ def test_grid_images_stay_with_their_pair_through_trl_shuffling_and_splitting():
     torch.manual_seed(0)
     chunks = split_tensor_dict(shuffle_sequence_dict(split_pixel_values_by_grid(batch)), 2)
     for chunk in map(unsplit_pixel_values_by_grid, chunks):
-        kwargs = PLETrainer._pair_forward_kwargs(chunk, completion_length)
+        kwargs = pair_forward_kwargs(chunk, completion_length)
         pairs = chunk["prompt_ids"][:, 0].tolist() * 2  # the forward's rows: plain answers, then principled ones
         assert kwargs["num_images"] == [len(images_of_pair[p]) for p in pairs]
         rows_per_image = kwargs["image_grid_thw"].prod(-1).tolist()

@@ -14,7 +14,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 
 from ple_trl import PLETrainer
-from ple_trl.principles import wrap
+from ple_trl.ple.principles import wrap
 
 from helpers import PRINCIPLE, make_args
 

@@ -8,22 +8,28 @@ __version__ = "0.1.0"
 # Public names, imported on first use (PEP 562): `import ple_trl` (and so `ple-trl --help`, `ple-trl plot`) must not
 # pay for torch, transformers and TRL; `from ple_trl import PLEConfig, PLETrainer` imports them then.
 _LAZY_ATTRIBUTES = {
-    "PLEConfig": ".config",
-    "PLETrainer": ".trainer",
-    "SPAConfig": ".config",
-    "SPATrainer": ".spa_trainer",
+    "PLEConfig": ".ple.config",
+    "PLETrainer": ".ple.trainer",
+    "SPAConfig": ".spa.config",
+    "SPATrainer": ".spa.trainer",
+    "PairConfig": ".pairs.config",
+    "PairTrainer": ".pairs.trainer",
 }
-_LAZY_SUBMODULES = ("labeling", "losses", "principles", "spa")
+_LAZY_SUBMODULES = ("pairs", "ple", "spa")
 
 __all__ = [
-    "PLEConfig", "PLETrainer", "SPAConfig", "SPATrainer", "labeling", "losses", "principles", "spa", "__version__",
+    "PLEConfig", "PLETrainer", "PairConfig", "PairTrainer", "SPAConfig", "SPATrainer", "pairs", "ple", "spa",
+    "__version__",
 ]  # fmt: skip
 
 if TYPE_CHECKING:  # static analysis and IDEs see the real names
-    from . import labeling, losses, principles, spa
-    from .config import PLEConfig, SPAConfig
-    from .spa_trainer import SPATrainer
-    from .trainer import PLETrainer
+    from . import pairs, ple, spa
+    from .pairs.config import PairConfig
+    from .pairs.trainer import PairTrainer
+    from .ple.config import PLEConfig
+    from .ple.trainer import PLETrainer
+    from .spa.config import SPAConfig
+    from .spa.trainer import SPATrainer
 
 
 def __getattr__(name: str):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -346,3 +347,20 @@ def check_vllm_mode(vllm_mode: str, use_vllm: bool, device_type: str | None = No
         f"weight-transfer engine, which is CUDA-only. Set vllm_mode='colocate', or use_vllm=False to generate with "
         f"transformers (the default).{extra}"
     )
+
+
+@contextmanager
+def eval_mode(model):
+    """
+    Put `model` in eval mode (no dropout) for the block, then back in the mode it came in: scoring or answering
+    during training must not switch the policy's training mode.
+
+    Args:
+        model (`torch.nn.Module`): the model.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

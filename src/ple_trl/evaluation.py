@@ -1,6 +1,9 @@
-"""Offline evaluation: the one answer generation, model loading and results table of ple-trl.
+"""Offline evaluation: the one held-out path of ple-trl. Load a model, answer prompts ([`generate_answers`],
+[`answer_requests`]), score the answers against the plain prompts ([`score_answers`], [`text_statistics`]) and format
+the table ([`format_table`]).
 
-`ple-trl eval` ([`ple_trl.scripts.eval`]) and `ple-trl demo` both generate and tabulate through this module.
+`ple-trl eval` ([`ple_trl.scripts.eval`], through [`evaluate_models`]), `ple-trl demo` and `benchmarks/compare.py` all
+generate, score and tabulate through this module.
 
 ```python
 from ple_trl.evaluation import evaluate_models, results_table
@@ -16,31 +19,13 @@ import math
 import os
 import re
 from collections.abc import Callable
-from contextlib import contextmanager
 
 CHAT_TEMPLATE_CHOICES = ("auto", "on", "off")
 
 __all__ = [
-    "content_words", "distinct_2", "distinct_answers", "eval_mode", "evaluate_models", "format_table",
-    "generate_answers", "load_causal_lm", "relevance", "results_table", "text_statistics",
+    "answer_requests", "content_words", "distinct_2", "distinct_answers", "evaluate_models", "format_table",
+    "generate_answers", "load_causal_lm", "relevance", "results_table", "score_answers", "text_statistics",
 ]  # fmt: skip
-
-
-@contextmanager
-def eval_mode(model):
-    """
-    Put `model` in eval mode (no dropout) for the block, then back in the mode it came in: scoring or answering
-    during training must not switch the policy's training mode.
-
-    Args:
-        model (`torch.nn.Module`): the model.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32"):
@@ -136,6 +121,8 @@ def generate_answers(
     import torch
     from trl.data_utils import is_conversational, maybe_apply_chat_template
 
+    from .device import eval_mode
+
     kinds = {is_conversational({"prompt": prompt}) for prompt in prompts}
     if len(kinds) > 1:
         raise ValueError("The prompts mix text and conversations; give all of them in one format.")
@@ -168,6 +155,48 @@ def generate_answers(
                 [{"role": "assistant", "content": t.strip()}] if conversational else t.strip() for t in decoded
             ]
     return answers
+
+
+def answer_requests(
+    model, tokenizer, requests: list[str], principle: str | None = None, *, max_new_tokens: int = 64,
+    temperature: float = 0.0, batch_size: int = 8,
+) -> list[str]:  # fmt: skip
+    """
+    A chat model's answers (texts) to plain user requests, each sent as one user message; with `principle`, to their
+    principle-guided versions, built as the trainer builds them ([`~ple_trl.ple.principles.wrap`]).
+
+    Args:
+        model, tokenizer: the chat model and its tokenizer (with a chat template).
+        requests (`list[str]`): the user requests.
+        principle (`str` or `None`, *optional*, defaults to `None`): the principle to guide the answers with.
+        max_new_tokens, temperature, batch_size: see [`generate_answers`] (greedy by default).
+
+    Returns:
+        `list[str]`: one answer per request.
+    """
+    from .ple.principles import wrap
+    from .rewards import completion_text
+
+    chats = [[{"role": "user", "content": request}] for request in requests]
+    if principle is not None:
+        chats = [wrap(chat, principle) for chat in chats]
+    answers = generate_answers(
+        model, tokenizer, chats, max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size
+    )
+    return [completion_text(answer) for answer in answers]
+
+
+def score_answers(prompts: list, answers: list, scorers: dict[str, Callable]) -> dict[str, list[float]]:
+    """
+    Each scorer's score of each answer, against the plain prompts (as PLE's rewards score): `{name: [score, ...]}`.
+
+    Args:
+        prompts (`list`): the plain prompts.
+        answers (`list`): one answer per prompt.
+        scorers (`dict[str, Callable]`): reward functions or judges in TRL's signature
+            `f(prompts, completions, **kwargs) -> list[float]`.
+    """
+    return {name: list(func(prompts=prompts, completions=answers)) for name, func in scorers.items()}
 
 
 def format_table(rows: list[list], headers: list[str], align: str | None = None) -> str:
@@ -305,16 +334,15 @@ def evaluate_models(
         judge = load_causal_lm(perplexity_model, dtype)
 
     results = {"models": {name: {} for name in models}, "win_rate": {}, "answers": answers, "prompts": prompts}
-    reward_score = metrics.load("reward_score", keep_in_memory=True) if sources else None
     bleu = metrics.load("bleu", keep_in_memory=True) if references is not None else None
     perplexity_metric = metrics.load("perplexity", keep_in_memory=True) if perplexity else None
     for name in models:
         row = results["models"][name]
         texts = [completion_text(answer) for answer in answers[name]]
         row["mean_length_words"] = sum(len(text.split()) for text in texts) / len(texts)
-        for source, func in sources.items():
-            score = reward_score.compute(prompts=prompts, completions=answers[name], reward_fn=func)
-            row[f"reward/{source}"] = score["mean_reward"]
+        for source, scores in score_answers(prompts, answers[name], sources).items():
+            finite = [score for score in scores if score is not None and math.isfinite(score)]
+            row[f"reward/{source}"] = sum(finite) / len(finite) if finite else float("nan")
         if bleu is not None:
             row["bleu"] = bleu.compute(predictions=texts, references=[[r] for r in references])["bleu"]
         if perplexity_metric is not None:

@@ -10,8 +10,9 @@ trainer's documented layout of a scoring call: the plain answers of the round's 
 principle-guided answers of the same prompts in the same order (the reward never sees the principle). The function
 checks that layout and fails loudly if it changes.
 
-The principle follows the prompt (`principle_template="{prompt} {principle}"`) and the threshold of shared tokens is
-lowered to 1, so generation runs each pair's common prompt (6 tokens) once: the shared-prefix path runs under DDP.
+The principle follows the prompt (`principle_template="{prompt} {principle}"`) and `share_prompt_prefix=True` shares
+whatever a pair shares, so generation runs each pair's common prompt (6 tokens) once: the shared-prefix path runs
+under DDP.
 
 Each pair draws its principle from `PRINCIPLES`, and the run saves a checkpoint at its last step.
 
@@ -61,12 +62,10 @@ def main():
     from accelerate import PartialState
     from transformers import AutoTokenizer
 
-    from ple_trl import PLEConfig, PLETrainer, _generation_prefix
+    from ple_trl import PLEConfig, PLETrainer
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from helpers import counting_prefix_prefills
-
-    _generation_prefix.MIN_SHARED_TOKENS = 1  # the prompts are short; share them anyway
 
     def table_reward(prompts, completions, trainer_state, **kwargs):
         rank = PartialState().process_index  # read at call time: the trainer's arguments set the distributed state up
@@ -84,6 +83,7 @@ def main():
     args = PLEConfig(
         output_dir=cli.output_dir,
         principles=PRINCIPLES,
+        share_prompt_prefix=True,  # the prompts are short: share them anyway
         principle_template="{prompt} {principle}",
         per_device_train_batch_size=cli.pairs_per_device,
         gradient_accumulation_steps=1,

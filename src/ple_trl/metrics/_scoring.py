@@ -3,7 +3,8 @@
 a local sequence-classification reward model scored by [`ple_trl.rewards.RewardModelScorer`] (batched, long texts
 truncated on the left as in training)."""
 
-from ple_trl.rewards.scorer import RewardModelScorer, _preview
+from ple_trl.errors import preview
+from ple_trl.rewards.scorer import RewardModelScorer
 
 
 def _input_format(name, column):
@@ -11,7 +12,7 @@ def _input_format(name, column):
     if column is None:
         raise ValueError(f"`{name}` is required but was not given: pass a list with one entry per pair.")
     if isinstance(column, (str, dict)) or not hasattr(column, "__len__"):
-        raise ValueError(f"`{name}`={_preview(column)} must be a list with one entry per pair, not {type(column)}.")
+        raise ValueError(f"`{name}`={preview(column)} must be a list with one entry per pair, not {type(column)}.")
     formats = set()
     for i, item in enumerate(column):
         if isinstance(item, str):
@@ -22,7 +23,7 @@ def _input_format(name, column):
             formats.add("conversational")
         else:
             raise ValueError(
-                f"`{name}[{i}]`={_preview(item)} is neither a string nor a list of {{'role': ..., 'content': str}} "
+                f"`{name}[{i}]`={preview(item)} is neither a string nor a list of {{'role': ..., 'content': str}} "
                 "messages. Pass strings (standard format) or lists of such messages (conversational format)."
             )
     if len(formats) > 1:
@@ -47,7 +48,7 @@ def _reward_fn_scores(reward_fn, prompts, completions, reward_kwargs):
     if rewards is None or not hasattr(rewards, "__len__") or len(rewards) != len(completions):
         raise ValueError(
             f"`reward_fn` must return one reward per completion ({len(completions)}), but returned "
-            f"{_preview(rewards)}. Return a list of floats (or None for 'not applicable')."
+            f"{preview(rewards)}. Return a list of floats (or None for 'not applicable')."
         )
     scores = []
     for i, reward in enumerate(rewards):
@@ -58,7 +59,7 @@ def _reward_fn_scores(reward_fn, prompts, completions, reward_kwargs):
             scores.append(float(reward))
         except (TypeError, ValueError):
             raise ValueError(
-                f"`reward_fn` returned {_preview(reward)} for completion {i}; a reward must be a number or None."
+                f"`reward_fn` returned {preview(reward)} for completion {i}; a reward must be a number or None."
             ) from None
     return scores
 
@@ -73,11 +74,11 @@ def _make_scorer(reward_fn, reward_model, reward_tokenizer, reward_kwargs, batch
             "or its path, with `reward_tokenizer=` for an instance)."
         )
     if reward_kwargs is not None and not isinstance(reward_kwargs, dict):
-        raise ValueError(f"`reward_kwargs`={_preview(reward_kwargs)} must be a dict of keyword arguments or None.")
+        raise ValueError(f"`reward_kwargs`={preview(reward_kwargs)} must be a dict of keyword arguments or None.")
     if reward_fn is not None:
         if not callable(reward_fn):
             raise ValueError(
-                f"`reward_fn`={_preview(reward_fn)} is not callable; pass a function "
+                f"`reward_fn`={preview(reward_fn)} is not callable; pass a function "
                 "`reward_fn(prompts=..., completions=..., **kwargs) -> list[float]`."
             )
         if reward_tokenizer is not None:

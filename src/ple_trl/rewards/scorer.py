@@ -19,14 +19,10 @@ import os
 import torch
 from torch import nn
 
+from ..errors import preview
 from .model import LeftTruncatingRewardModel, reward_model_max_length
 
 __all__ = ["RewardModelScorer"]
-
-
-def _preview(value, limit=80):
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_conversation(value) -> bool:
@@ -88,7 +84,7 @@ class RewardModelScorer:
     ):
         for name, value in (("batch_size", batch_size), ("max_length", max_length)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"`{name}`={_preview(value)} must be a positive integer, e.g. {name}=8.")
+                raise ValueError(f"`{name}`={preview(value)} must be a positive integer, e.g. {name}=8.")
         if sigmoid and label is not None:
             raise ValueError(
                 f"`sigmoid=True` with `label={label!r}`: a label's probability is already in [0, 1]. Drop one of them."
@@ -145,14 +141,14 @@ class RewardModelScorer:
                 )
         else:
             raise ValueError(
-                f"`reward_model`={_preview(model)} must be a path to a sequence-classification model or a "
+                f"`reward_model`={preview(model)} must be a path to a sequence-classification model or a "
                 "`PreTrainedModel` instance."
             )
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
         if not callable(getattr(tokenizer, "apply_chat_template", None)):
             raise ValueError(
-                f"`reward_tokenizer`={_preview(tokenizer)} is not a tokenizer; pass a `PreTrainedTokenizerBase` or "
+                f"`reward_tokenizer`={preview(tokenizer)} is not a tokenizer; pass a `PreTrainedTokenizerBase` or "
                 "its path."
             )
         return model, tokenizer
@@ -167,12 +163,12 @@ class RewardModelScorer:
             index = int(label)
         else:
             raise ValueError(
-                f"`label={label!r}` (`--reward_classifier_label`) is not a label of {_preview(model)}, whose labels "
+                f"`label={label!r}` (`--reward_classifier_label`) is not a label of {preview(model)}, whose labels "
                 f"are {sorted(config.id2label.values())}. Use one of them, or an index below {num_labels}."
             )
         if num_labels < 2:
             raise ValueError(
-                f"{_preview(model)} has a single output, so it is a reward model, not a classifier: leave `label` "
+                f"{preview(model)} has a single output, so it is a reward model, not a classifier: leave `label` "
                 "unset (on the command line: pass it as `--reward_model_name_or_path` instead of "
                 "`--reward_classifier_name_or_path`)."
             )
@@ -204,13 +200,13 @@ class RewardModelScorer:
                 texts.append(self.tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False))
             else:
                 raise ValueError(
-                    f"Pair {i}: prompt {_preview(prompt)} and completion {_preview(completion)} must both be strings "
+                    f"Pair {i}: prompt {preview(prompt)} and completion {preview(completion)} must both be strings "
                     "or both be lists of `{'role', 'content'}` messages."
                 )
         return texts
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
-        from ..evaluation import eval_mode
+        from ..device import eval_mode
 
         texts = self.texts(prompts, completions)
         device = next(self.model.parameters()).device
@@ -228,7 +224,7 @@ class RewardModelScorer:
                 if empty:
                     raise ValueError(
                         f"Pair {start + empty[0]} is empty after tokenization (text "
-                        f"{_preview(texts[start + empty[0]])}); give every pair some text to score."
+                        f"{preview(texts[start + empty[0]])}); give every pair some text to score."
                     )
                 logits = self.truncated_model(
                     input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None, prog: str | None = "ple-trl eval") -> di
     """
     import json
 
-    from .._inputs import _check_model_path
+    from ..hub import check_model_path
     from ..evaluation import evaluate_models, results_table
 
     argv = config_argv(sys.argv[1:] if argv is None else argv)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None, prog: str | None = "ple-trl eval") -> di
         raise ValueError("No model: set `--model_name_or_path` (a Hub id, a model folder or a LoRA adapter folder).")
     for name in MODEL_ARGUMENTS:  # a missing folder is named before the prompts load, not taken for a bad Hub id
         if getattr(args, name) is not None:
-            _check_model_path(getattr(args, name), f"--{name}")
+            check_model_path(getattr(args, name), f"--{name}")
     models = [args.model_name_or_path] + ([args.model_b_name_or_path] if args.model_b_name_or_path else [])
     if len(set(models)) != len(models):
         raise ValueError(f"`--model_b_name_or_path {models[1]}` is the same model as `--model_name_or_path`.")

@@ -200,10 +200,10 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
     Returns:
         `str`: the folder of the SFT model (`sft_output_dir`, default `{output_dir}/sft`).
     """
-    from trl import SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
+    from trl import get_peft_config, get_quantization_config
 
     from ..data import dataset_columns, load_split
-    from ..stages import save_merged_model
+    from ..stages import run_sft
 
     output_dir = script_args.sft_output_dir or os.path.join(training_args.output_dir, "sft")
     dataset = load_split(
@@ -225,26 +225,18 @@ def run_sft_stage(script_args: PLEScriptArguments, training_args, model_args) ->
         dataset = dataset.select_columns([script_args.sft_text_column])
         if script_args.sft_text_column != target:
             dataset = dataset.rename_column(script_args.sft_text_column, target)
-    sft_args = SFTConfig(
-        output_dir=output_dir,
+    return run_sft(
+        model_args.model_name_or_path,
+        dataset,
+        output_dir,
+        peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
         max_steps=script_args.sft_steps or -1,
         num_train_epochs=1,
         learning_rate=script_args.sft_learning_rate,
         max_length=script_args.sft_max_length,
-        save_strategy="no",
         **_run_settings(training_args),
     )
-    trainer = SFTTrainer(
-        model=model_args.model_name_or_path,
-        args=sft_args,
-        train_dataset=dataset,
-        peft_config=get_peft_config(model_args),
-        quantization_config=get_quantization_config(model_args),
-    )
-    trainer.train()
-    save_merged_model(trainer, output_dir, "SFT stage")
-    del trainer
-    return output_dir
 
 
 # --- main ------------------------------------------------------------------------------------------------------------
@@ -314,7 +306,7 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
     from trl import get_peft_config, get_quantization_config
 
     from ..rewards import RewardModelScorer, resolve_reward_funcs, reward_funcs_registry
-    from ..trainer import PLETrainer
+    from ..ple.trainer import PLETrainer
 
     if model_args.model_name_or_path is None:
         raise ValueError(
@@ -365,11 +357,11 @@ def main(script_args: PLEScriptArguments, training_args, model_args):
 
 
 def run_seed_stage(script_args: PLEScriptArguments, training_args, model_args, model: str) -> str:
-    """SPA's seed stage: TRL's `DPOTrainer` on the seed preference set (see [`~ple_trl.spa_trainer.run_seed_dpo`])."""
+    """SPA's seed stage: TRL's `DPOTrainer` on the seed preference set (see [`~ple_trl.stages.run_seed_dpo`])."""
     from trl import get_peft_config
 
     from ..data import load_split
-    from ..spa_trainer import run_seed_dpo
+    from ..stages import run_seed_dpo
 
     dataset = load_split(
         script_args.seed_dataset_name,
@@ -399,7 +391,7 @@ def main_spa(script_args: PLEScriptArguments, training_args, model_args):
     """
     from trl import get_peft_config, get_quantization_config
 
-    from ..spa_trainer import SPATrainer
+    from ..spa.trainer import SPATrainer
 
     if script_args.reward_funcs or script_args.reward_classifier_name_or_path is not None:
         raise ValueError(
@@ -460,7 +452,8 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     """
     from trl import ModelConfig, TrlParser
 
-    from ..config import PLEConfig, SPAConfig
+    from ..ple.config import PLEConfig
+    from ..spa.config import SPAConfig
 
     dataclass_types = (PLEScriptArguments, SPAConfig if method == "spa" else PLEConfig, ModelConfig)
     if subparsers is not None:

@@ -9,6 +9,8 @@ import datasets
 import evaluate
 import sacrebleu
 
+from ple_trl.errors import preview
+
 _CITATION = """\
 @inproceedings{post-2018-call,
     title = "A Call for Clarity in Reporting {BLEU} Scores",
@@ -69,11 +71,6 @@ Examples:
 """
 
 
-def _preview(value, limit=80):
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Bleu(evaluate.Metric):
     def _info(self):
@@ -114,7 +111,7 @@ class Bleu(evaluate.Metric):
                 raise ValueError(f"`references[{i}]`=[] is empty: every prediction needs at least one reference.")
         if smooth_method not in sacrebleu.BLEU.SMOOTH_DEFAULTS:
             raise ValueError(
-                f"`smooth_method`={_preview(smooth_method)} is not supported; use one of "
+                f"`smooth_method`={preview(smooth_method)} is not supported; use one of "
                 f"{sorted(sacrebleu.BLEU.SMOOTH_DEFAULTS)}."
             )
         # sacrebleu wants one stream per reference position; predictions with fewer references get `None` there.

@@ -14,6 +14,8 @@ import torch
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ple_trl.errors import preview
+
 _CITATION = ""
 
 _DESCRIPTION = """\
@@ -65,14 +67,9 @@ Examples:
 _NO_LIMIT = 1_000_000  # tokenizers without a length limit report a huge `model_max_length` (int(1e30))
 
 
-def _preview(value, limit=80):
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}`={_preview(value)} must be a positive integer, e.g. {name}=8.")
+        raise ValueError(f"`{name}`={preview(value)} must be a positive integer, e.g. {name}=8.")
 
 
 def _load_model(model, tokenizer, device):
@@ -90,13 +87,13 @@ def _load_model(model, tokenizer, device):
             )
     else:
         raise ValueError(
-            f"`model`={_preview(model)} must be the path of a causal language model or a `PreTrainedModel` "
+            f"`model`={preview(model)} must be the path of a causal language model or a `PreTrainedModel` "
             "instance; pass e.g. `model='path/to/model'`."
         )
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
     if not callable(tokenizer):
-        raise ValueError(f"`tokenizer`={_preview(tokenizer)} is not a tokenizer; pass one or its path.")
+        raise ValueError(f"`tokenizer`={preview(tokenizer)} is not a tokenizer; pass one or its path.")
     return model, tokenizer
 
 
@@ -147,7 +144,7 @@ class Perplexity(evaluate.Metric):
             ids = (start + list(ids))[:max_length]
             if len(ids) < 2:
                 raise ValueError(
-                    f"`predictions[{i}]`={_preview(predictions[i])} has {len(ids)} token(s) to condition on and "
+                    f"`predictions[{i}]`={preview(predictions[i])} has {len(ids)} token(s) to condition on and "
                     "none to predict; perplexity needs at least 2 tokens (use add_start_token=True or longer text)."
                 )
             sequences.append(ids)

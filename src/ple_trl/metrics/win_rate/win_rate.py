@@ -96,11 +96,8 @@ Examples:
 """
 
 
-from ple_trl.metrics._scoring import (
-    _check_columns,
-    _make_scorer,
-    _preview,
-)
+from ple_trl.errors import preview
+from ple_trl.metrics._scoring import _check_columns, _make_scorer
 
 _MESSAGES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
 _WINNER_A, _WINNER_B = "a", "b"
@@ -113,7 +110,7 @@ def _judge_winner(judge, prompt, first, second, first_is_a):
         return None
     if isinstance(verdict, bool) or not isinstance(verdict, numbers.Integral) or int(verdict) not in (0, 1):
         raise ValueError(
-            f"`judge` returned {_preview(verdict)}; a pairwise judge must return 0 (the first completion is "
+            f"`judge` returned {preview(verdict)}; a pairwise judge must return 0 (the first completion is "
             "better), 1 (the second is better) or None (tie)."
         )
     first_wins = int(verdict) == 0
@@ -173,7 +170,7 @@ class WinRate(evaluate.Metric):
         if n == 0:
             raise ValueError("`prompts` is empty: pass at least one (prompt, completion_a, completion_b) triple.")
         if swap_positions is not None and not isinstance(swap_positions, bool):
-            raise ValueError(f"`swap_positions`={_preview(swap_positions)} must be True, False or None (default).")
+            raise ValueError(f"`swap_positions`={preview(swap_positions)} must be True, False or None (default).")
         prompts, completions_a, completions_b = list(prompts), list(completions_a), list(completions_b)
 
         if judge is not None:
@@ -181,7 +178,7 @@ class WinRate(evaluate.Metric):
                 raise ValueError("Pass either `judge` or a reward (`reward_fn`/`reward_model`), not both.")
             if not callable(judge):
                 raise ValueError(
-                    f"`judge`={_preview(judge)} is not callable; pass `judge(prompt, first, second) -> 0 | 1 | None`."
+                    f"`judge`={preview(judge)} is not callable; pass `judge(prompt, first, second) -> 0 | 1 | None`."
                 )
             swap = True if swap_positions is None else swap_positions
             winners = []
@@ -192,7 +189,7 @@ class WinRate(evaluate.Metric):
                 winners.append(winner)
         else:
             if isinstance(tie_tolerance, bool) or not isinstance(tie_tolerance, numbers.Real) or tie_tolerance < 0:
-                raise ValueError(f"`tie_tolerance`={_preview(tie_tolerance)} must be a number >= 0, e.g. 0.0.")
+                raise ValueError(f"`tie_tolerance`={preview(tie_tolerance)} must be a number >= 0, e.g. 0.0.")
             score = _make_scorer(
                 reward_fn, reward_model, reward_tokenizer, reward_kwargs, batch_size, max_length, device
             )

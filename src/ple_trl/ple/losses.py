@@ -2,7 +2,7 @@
 
 `l(y|x)` is the sum of the log-probabilities of an answer's tokens given the plain prompt, `lbar(y|x)` their mean.
 Everything here is a pure tensor function; the trainer computes the log-probabilities in one forward pass and calls
-`ple_loss` with them and the labels of [`~ple_trl.labeling.enhance`].
+`ple_loss` with them and the labels of [`~ple_trl.ple.labeling.enhance`].
 """
 
 from typing import NamedTuple
@@ -34,24 +34,6 @@ def ranks_on_mean(ranking_loss_type: str, length_normalize: bool = False) -> boo
         `bool`: `True` to rank on mean token log-probs.
     """
     return bool(length_normalize) or ranking_loss_type in MEAN_RANKING_LOSS_TYPES
-
-
-def sequence_logps(per_token_logps: torch.Tensor, mask: torch.Tensor, length_normalize: bool = False) -> torch.Tensor:
-    """
-    Per-sequence log-probability from per-token log-probabilities.
-
-    Args:
-        per_token_logps (`torch.Tensor`): shape `(batch, length)`.
-        mask (`torch.Tensor`): 1 on answer tokens, 0 on padding; shape `(batch, length)`.
-        length_normalize (`bool`, *optional*, defaults to `False`): mean over answer tokens (`lbar`) instead of the
-            sum (`l`). An empty answer has mean 0.
-
-    Returns:
-        `torch.Tensor`: shape `(batch,)`.
-    """
-    mask = mask.to(per_token_logps.dtype)
-    total = (per_token_logps * mask).sum(-1)
-    return total / mask.sum(-1).clamp(min=1.0) if length_normalize else total
 
 
 def ranking_loss(
@@ -109,7 +91,7 @@ def weighted_sft_loss(
     Args:
         plain_mean_logps (`torch.Tensor`): mean token log-prob of the plain answers, shape `(num_pairs,)`.
         principled_mean_logps (`torch.Tensor`): same for the principle-guided answers.
-        weight_principled (`torch.Tensor`): `w_p` from [`~ple_trl.labeling.soft_label_weights`]; a constant.
+        weight_principled (`torch.Tensor`): `w_p` from [`~ple_trl.ple.labeling.soft_label_weights`]; a constant.
 
     Returns:
         `torch.Tensor`: shape `(num_pairs,)`.
@@ -185,8 +167,9 @@ def ple_loss(
     `wsft_coef * L_wsft`, invalid pairs (NaN reward) get nothing; the result is the mean over valid pairs.
 
     Args:
-        labels ([`~ple_trl.labeling.EnhancedLabels`]): the enhanced labels from [`~ple_trl.labeling.enhance`] (only
-            `rank_mask`, `principled_preferred`, `weight_principled` and `valid` are read).
+        labels ([`~ple_trl.ple.labeling.EnhancedLabels`]): the enhanced labels from
+            [`~ple_trl.ple.labeling.enhance`] (only `rank_mask`, `principled_preferred`, `weight_principled` and
+            `valid` are read).
         logps ([`PairLogps`]): the policy's pair log-probs, and the reference's for `"dpo"`/`"ipo"`.
         ranking_loss_type (`str`, *optional*, defaults to `"sigmoid"`): see [`ranking_loss`].
         length_normalize (`bool`, *optional*, defaults to `False`): rank on `lbar` instead of `l` (`"hinge"` and

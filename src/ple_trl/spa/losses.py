@@ -1,10 +1,7 @@
-"""SPA's maths: the implicit reward, best/worst labelling and self-refinement.
+"""SPA's loss: the DPO log-ratio margin, de-coupled noise detection, and self-refinement (the confidence threshold
+over the last margins, its warm-up, the label-smoothed DPO loss).
 
-SPA ("Aligning Large Language Models with Self-generated Preference Data", Kim et al., ICLR 2025, arXiv 2406.04412)
-labels two of the model's own answers per prompt with its implicit reward and trains DPO on them, smoothing the
-labels of the pairs it is least sure about. Everything here is a pure tensor function (plus [`MarginHistory`], the
-small buffer the trainer keeps across steps); the trainer computes the log-probabilities and calls these.
-
+Everything here is a pure tensor function (plus [`MarginHistory`], the small buffer the trainer keeps across steps).
 The self-refinement follows `trl/trl/trainer/dpo_trainer.py` of the authors' code (github.com/kingdy2002/SPA,
 `loss_type="distill"`, `DPOTrainer.confidence_update`); each function says which part it matches.
 """
@@ -14,139 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .losses import sequence_logps
-
-__all__ = [
-    "MarginHistory",
-    "confidence",
-    "decoupled_logits",
-    "decoupled_sequence_logps",
-    "implicit_reward",
-    "implicit_reward_from_tokens",
-    "label_pairs",
-    "logratio_margin",
-    "refinement_strength",
-    "select_chosen_rejected",
-    "self_refined_dpo_loss",
-    "sequence_logps",
-    "spa_threshold",
-]
-
-
-def implicit_reward(
-    policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta_judge: float = 1.0
-) -> torch.Tensor:
-    """
-    SPA's implicit reward `r(x, y) = beta_judge * (log pi_judge(y|x) - log pi_init(y|x))`, without gradient.
-
-    The caller chooses the length convention: pass sequence sums (SPA's choice) or means (see
-    [`implicit_reward_from_tokens`], which does both from per-token log-probs). The result is detached: it only labels
-    pairs, it is never trained through.
-
-    Args:
-        policy_logps (`torch.Tensor`):
-            Per-sequence log-probs under the judge `pi_judge` (the model at the start of the iteration, or the current
-            policy), shape `(batch,)`.
-        reference_logps (`torch.Tensor`):
-            Per-sequence log-probs under the initial model `pi_init`, same shape.
-        beta_judge (`float`, *optional*, defaults to `1.0`):
-            Scale of the reward, > 0. It does not change which answer is preferred, only the size of the margins.
-
-    Returns:
-        `torch.Tensor`: shape `(batch,)`, detached.
-    """
-    if not beta_judge > 0 or not math.isfinite(beta_judge):
-        raise ValueError(
-            f"`beta_judge` must be a finite number > 0, got {beta_judge}; a negative scale would flip every label. "
-            "Use e.g. `beta_judge=1.0`."
-        )
-    if policy_logps.shape != reference_logps.shape:
-        raise ValueError(
-            f"`policy_logps` and `reference_logps` must have the same shape, got {tuple(policy_logps.shape)} and "
-            f"{tuple(reference_logps.shape)}; pass one log-prob per sequence for both models."
-        )
-    return (beta_judge * (policy_logps - reference_logps)).detach()
-
-
-def implicit_reward_from_tokens(
-    policy_token_logps: torch.Tensor,
-    reference_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    beta_judge: float = 1.0,
-    length_normalize: bool = False,
-) -> torch.Tensor:
-    """
-    [`implicit_reward`] from per-token log-probs, reduced with [`~ple_trl.losses.sequence_logps`].
-
-    Args:
-        policy_token_logps (`torch.Tensor`): per-token log-probs under the judge, shape `(batch, length)`.
-        reference_token_logps (`torch.Tensor`): per-token log-probs under the initial model, same shape.
-        mask (`torch.Tensor`): 1 on answer tokens, 0 on padding, same shape.
-        beta_judge (`float`, *optional*, defaults to `1.0`): see [`implicit_reward`].
-        length_normalize (`bool`, *optional*, defaults to `False`): use mean token log-probs instead of sums (SPA
-            uses sums).
-
-    Returns:
-        `torch.Tensor`: shape `(batch,)`, detached.
-    """
-    return implicit_reward(
-        sequence_logps(policy_token_logps, mask, length_normalize),
-        sequence_logps(reference_token_logps, mask, length_normalize),
-        beta_judge,
-    )
-
-
-def label_pairs(
-    rewards_a: torch.Tensor, rewards_b: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    Best = chosen, worst = rejected, for two sampled answers `a` and `b` per prompt.
-
-    A tie (two equal rewards) carries no preference, and a pair where either reward is NaN or infinite has none either:
-    both are marked invalid (margin NaN; `chosen_is_a` is `True`, a placeholder); the caller must count and skip them,
-    never train on them.
-
-    Args:
-        rewards_a (`torch.Tensor`): implicit rewards of the first answers, shape `(num_pairs,)`.
-        rewards_b (`torch.Tensor`): implicit rewards of the second answers, same shape.
-
-    Returns:
-        `tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]`:
-            - `chosen_is_a` (`bool`): `True` where `a` is the chosen answer;
-            - `chosen_index` (`long`): 0 where `a` is chosen, 1 where `b` is (index into the pair);
-            - `margin` (`float`): `r_chosen - r_rejected >= 0`, NaN on invalid pairs;
-            - `valid` (`bool`): both rewards are finite and differ.
-    """
-    if rewards_a.shape != rewards_b.shape:
-        raise ValueError(
-            f"`rewards_a` and `rewards_b` must have the same shape, got {tuple(rewards_a.shape)} and "
-            f"{tuple(rewards_b.shape)}; pass one reward per prompt for each of the two samples."
-        )
-    valid = torch.isfinite(rewards_a) & torch.isfinite(rewards_b) & (rewards_a != rewards_b)
-    chosen_is_a = (rewards_a > rewards_b) | ~valid
-    chosen_index = (~chosen_is_a).long()
-    margin = (rewards_a - rewards_b).abs()
-    margin = torch.where(valid, margin, torch.full_like(margin, float("nan")))
-    return chosen_is_a, chosen_index, margin, valid
-
-
-def select_chosen_rejected(
-    values_a: torch.Tensor, values_b: torch.Tensor, chosen_is_a: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Reorder any per-sample tensor (log-probs, token ids, masks) of a pair into `(chosen, rejected)`.
-
-    Args:
-        values_a (`torch.Tensor`): values of the first answers, shape `(num_pairs, ...)`.
-        values_b (`torch.Tensor`): values of the second answers, same shape.
-        chosen_is_a (`torch.Tensor`): from [`label_pairs`], shape `(num_pairs,)`.
-
-    Returns:
-        `tuple[torch.Tensor, torch.Tensor]`: `(chosen, rejected)`, each shaped like `values_a`.
-    """
-    pick_a = chosen_is_a.reshape(chosen_is_a.shape + (1,) * (values_a.dim() - 1))
-    return torch.where(pick_a, values_a, values_b), torch.where(pick_a, values_b, values_a)
-
+from ..pairs.logps import sequence_logps
 
 def logratio_margin(
     chosen_logps: torch.Tensor,

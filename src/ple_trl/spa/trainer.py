@@ -1,25 +1,22 @@
-"""`SPATrainer`: SPA's self-generated preference loop on PLE's pair machinery."""
+"""[`SPATrainer`]: SPA's generation round (two plain samples labelled by the implicit reward) and its self-refined DPO
+loss, on the pair machinery of [`PairTrainer`]."""
 
-import json
 import logging
-import os
 import textwrap
 
 import torch
 from accelerate.utils import gather_object
-from trl import GRPOTrainer
-from trl.trainer.utils import strip_images_from_messages, use_adapter
+from trl.trainer.utils import strip_images_from_messages
 
-from . import spa
+from ..pairs.trainer import PairTrainer
+from ..rewards.implicit import implicit_reward_column
+from . import labeling, losses
 from .config import SPAConfig
-from .data import prompt_is_empty
-from .stages import save_merged_model
-from .trainer import AUDIT_LOG_NAME, PLETrainer
 
 logger = logging.getLogger(__name__)
 
 
-class SPATrainer(PLETrainer):
+class SPATrainer(PairTrainer):
     """
     Trainer for SPA, from [Aligning Large Language Models with Self-generated Preference
     Data](https://huggingface.co/papers/2406.04412) (Kim et al., ICLR 2025).
@@ -30,10 +27,10 @@ class SPATrainer(PLETrainer):
     current iteration; after a warm-up, SPA's self-refinement smooths the labels of the pairs whose margin `beta * h`
     is below the `confidence_quantile` of the last `margin_history_size` margins.
 
-    `SPATrainer` is a [`PLETrainer`] (itself a [`~trl.GRPOTrainer`]): generation, the pair layout (a pair's two answers
-    travel together through buffering and gradient accumulation), the one forward over both answers, the reference
-    handling, the audit log and the resume hooks are PLE's. SPA replaces the labeller (the implicit reward instead of
-    reward functions and principles) and the loss.
+    `SPATrainer` is a [`PairTrainer`] (itself a [`~trl.GRPOTrainer`]), like [`PLETrainer`]: generation, the pair
+    layout (a pair's two answers travel together through buffering and gradient accumulation), the one forward over
+    both answers, the reference handling, the audit log and the resume hooks are the pair trainer's. This class builds
+    SPA's round (two plain samples labelled by the implicit reward) and its loss.
 
     Models: `model` is the policy, normally the seed-DPO model. `pi_init` is `ref_model` (the model the seed DPO
     started from), or, for a `PeftModel` whose trained adapter is the policy, its adapter-disabled model. Without
@@ -68,7 +65,7 @@ class SPATrainer(PLETrainer):
         args ([`SPAConfig`], *optional*):
             Configuration. `per_device_train_batch_size` counts pairs (prompts).
         train_dataset, eval_dataset, processing_class, callbacks, optimizers, peft_config, quantization_config:
-            As for [`PLETrainer`].
+            As for [`PLETrainer`] (the datasets need no `principle`).
         ref_model (`str` or [`~transformers.PreTrainedModel`], *optional*):
             `pi_init` of the implicit reward (see above).
     """
@@ -80,8 +77,8 @@ class SPATrainer(PLETrainer):
         "SPATrainer needs an `SPAConfig` (SPA's knobs and defaults: temperature 0.7, beta 0.1, self-refinement). "
         "Build one with the same model, generation and training fields."
     )
-    _uses_principles = False
     _completion_columns = ("prompt", "chosen", "rejected", "reward_chosen", "reward_rejected", "route")
+    _metrics_at_step = ("spa/iteration", "spa/confidence_threshold")
     _paper = {
         "title": "Aligning Large Language Models with Self-generated Preference Data",
         "id": "2406.04412",
@@ -109,8 +106,11 @@ class SPATrainer(PLETrainer):
         ref_model=None,
         quantization_config=None,
     ):
+        args = self._resolve_args(model, args)
         super().__init__(
             model=model,
+            # GRPO wants one reward source; this one only names the reward column: the implicit reward labels.
+            reward_funcs=[implicit_reward_column],
             args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
@@ -121,51 +121,29 @@ class SPATrainer(PLETrainer):
             ref_model=ref_model,
             quantization_config=quantization_config,
         )
-        args = self.args  # `None` became SPA's defaults in `_resolve_args`
-        self._tied_pairs_total = 0
-        self._margin_history = spa.MarginHistory(
+        self._skipped_pairs_total = self._tied_pairs_total = 0
+        self._margin_history = losses.MarginHistory(
             args.margin_history_size, args.confidence_quantile, per_pair=args.margin_history_per_pair
         )
 
-    @staticmethod
-    def _uses_iteration_snapshot(args) -> bool:
+    # --- the pair trainer's hooks: the implicit reward labels, and the DPO reference is the iteration snapshot -----
+
+    def _uses_implicit_reward(self, args) -> bool:
+        return True
+
+    def _uses_iteration_snapshot(self, args) -> bool:
         return True  # the DPO reference is the previous iteration's model, whatever judges the pairs
 
     # --- sampling -----------------------------------------------------------------------------------------------
 
-    def _tokenize_prompts(self, prompts):
-        # Both halves are the same plain prompts: truncate each from the left, as TRL truncates prompts.
-        prompt_ids, images, multimodal_fields = GRPOTrainer._tokenize_prompts(self, prompts)
-        max_length = self.args.max_prompt_length
-        if max_length is not None and any(len(ids) > max_length for ids in prompt_ids):
-            if images is not None:
-                raise ValueError(
-                    f"A prompt with images has more than `max_prompt_length={max_length}` tokens (image tokens "
-                    "included), and multimodal prompts cannot be truncated without losing image tokens. Raise "
-                    "`max_prompt_length`, or set it to `None`."
-                )
-            prompt_ids = [list(ids)[-max_length:] for ids in prompt_ids]
-        return prompt_ids, images, multimodal_fields
-
     def _generate_and_score_completions(self, inputs):
         mode = "train" if self.model.training else "eval"
         num_pairs = len(inputs)
-        for example in inputs:  # a stream's rows are checked as they come (see `data.prepare_prompt_dataset`)
-            if prompt_is_empty(example.get("prompt")):
-                raise ValueError(
-                    f"A row has an empty or missing `prompt`: {example.get('prompt')!r}. Remove such rows, e.g. "
-                    "`dataset.filter(lambda row: row['prompt'])`."
-                )
-        prompts = [example["prompt"] for example in inputs]
-        images = self._dataset_images(inputs)
-        model_prompts = self._with_images(prompts, images)
+        prompts, images, model_prompts = self._round_prompts(inputs)
         if mode == "train":
-            self._maybe_refresh_snapshot()
-
+            self._snapshot.refresh(self.completed_iterations())
         # Two plain samples per prompt, in one generation call: the first samples, then the second samples.
-        generated = self._generate(model_prompts + model_prompts)
-        prompt_ids_list, completion_ids_list, completions = generated[0], generated[1], generated[3]
-        output = self._pair_batch(prompt_ids_list, completion_ids_list, model_prompts, images)
+        output, completions, _ = self._generate_round(model_prompts, model_prompts, images)
 
         # One forward of the snapshot gives both the DPO reference and, with `implicit_reward_judge="iteration"`,
         # the judge's log-probs.
@@ -176,8 +154,8 @@ class SPATrainer(PLETrainer):
         rewards = rewards.view(self.accelerator.num_processes, 2, num_pairs)
         rewards_a, rewards_b = rewards[:, 0].flatten(), rewards[:, 1].flatten()
         # Labels from the rewards of every process, so every process takes the same decisions.
-        chosen_is_a, _, margin, valid = spa.label_pairs(rewards_a, rewards_b)
-        reward_chosen, reward_rejected = spa.select_chosen_rejected(rewards_a, rewards_b, chosen_is_a)
+        chosen_is_a, _, margin, valid = labeling.label_pairs(rewards_a, rewards_b)
+        reward_chosen, reward_rejected = labeling.select_chosen_rejected(rewards_a, rewards_b, chosen_is_a)
         tied = torch.isfinite(rewards_a) & (rewards_a == rewards_b)
         self._log_spa_round(mode, reward_chosen, reward_rejected, margin, valid, tied)
 
@@ -188,19 +166,19 @@ class SPATrainer(PLETrainer):
             )
             records = self._spa_records(texts, rewards_a, rewards_b, chosen_is_a, valid)
             if save_labels:
-                self._save_spa_labels(records)
-            if self.log_completions and self.accelerator.is_main_process:
+                self._audit(records)
+            if self.log_completions:
                 columns = ("step", *self._completion_columns)
-                self._completion_rows.extend({key: record[key] for key in columns} for record in records)
+                self._add_completion_rows([{key: record[key] for key in columns} for record in records])
 
-        local = slice(self.accelerator.process_index * num_pairs, (self.accelerator.process_index + 1) * num_pairs)
+        local = self._local(num_pairs)
         pick_a = chosen_is_a[local]
         # Reorder every pair into (chosen, rejected): the loss reads index 0 as chosen.
         for key in ("completion_ids", "completion_mask"):
-            chosen, rejected = spa.select_chosen_rejected(output[key][:, 0], output[key][:, 1], pick_a)
+            chosen, rejected = labeling.select_chosen_rejected(output[key][:, 0], output[key][:, 1], pick_a)
             output[key] = torch.stack([chosen, rejected], dim=1)
         ref = snapshot_logps[1 if self.args.length_normalize else 0]  # (2, pairs)
-        ref_chosen, ref_rejected = spa.select_chosen_rejected(ref[0], ref[1], pick_a)
+        ref_chosen, ref_rejected = labeling.select_chosen_rejected(ref[0], ref[1], pick_a)
         output["ref_logps"] = torch.stack([ref_chosen, ref_rejected], dim=1)
         output["valid"] = valid[local]
         return output
@@ -254,20 +232,11 @@ class SPATrainer(PLETrainer):
             )
         return records
 
-    def _save_spa_labels(self, records):
-        """Append the round's SPA labels to the audit log, one record per pair of every process."""
-        if not self.accelerator.is_main_process:
-            return
-        path = os.path.join(self.args.output_dir, AUDIT_LOG_NAME)
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(path, "a") as f:
-            f.writelines(json.dumps(record) + "\n" for record in records)
-
     # --- loss ---------------------------------------------------------------------------------------------------
 
     def refinement_strength(self) -> float:
         """SPA's smoothing strength `a` now: 0 during the warm-up (a fraction of the run's optimizer steps)."""
-        return spa.refinement_strength(
+        return losses.refinement_strength(
             self.state.global_step,
             self.state.max_steps,
             self.args.refinement_alpha,
@@ -280,18 +249,18 @@ class SPATrainer(PLETrainer):
         policy = means if self.args.length_normalize else sums  # (2, pairs): chosen, rejected
         ref = inputs["ref_logps"]  # (pairs, 2)
         valid = inputs["valid"]
-        h = spa.logratio_margin(policy[0], policy[1], ref[:, 0], ref[:, 1])
+        h = losses.logratio_margin(policy[0], policy[1], ref[:, 0], ref[:, 1])
         a = self.refinement_strength()
         threshold = self._margin_history.threshold
         if self.args.decouple_lambda > 0:
             # The confidence is judged on the policy extrapolated away from the reference (de-coupled noise detection).
             mixed = self._decoupled_logps(model, inputs)
-            h_judged = spa.logratio_margin(mixed[0], mixed[1], ref[:, 0], ref[:, 1])
+            h_judged = losses.logratio_margin(mixed[0], mixed[1], ref[:, 0], ref[:, 1])
         else:
             h_judged = h
         margins = self.beta * h_judged.detach()
-        z = spa.confidence(margins, threshold)
-        per_pair = spa.self_refined_dpo_loss(h, z, self.beta, a)
+        z = losses.confidence(margins, threshold)
+        per_pair = losses.self_refined_dpo_loss(h, z, self.beta, a)
         # Skipped (non-finite) pairs weigh 0; with none skipped this is the batch mean.
         weights = valid.to(per_pair.dtype)
         loss = (per_pair * weights).sum() / weights.sum().clamp(min=1)
@@ -308,12 +277,7 @@ class SPATrainer(PLETrainer):
             all_margins = self.accelerator.gather(torch.where(valid, margins, torch.full_like(margins, float("nan"))))
             self._margin_history.update(all_margins)
 
-        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1
-        loss = loss / normalizer
-        if self.aux_loss_enabled:  # GRPO's MoE term, as in PLE
-            loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
-        return loss
+        return self._scaled_loss(loss, aux_loss, mode)
 
     def _decoupled_logps(self, model, inputs):
         """Per-answer log-probs `(2, pairs)` under the mixed logits `(1 + lambda) * z_theta - lambda * z_ref`
@@ -334,15 +298,11 @@ class SPATrainer(PLETrainer):
             # Plain forward (not the fused log-prob head): the logits that predict each answer token.
             return net(input_ids=input_ids, attention_mask=attention_mask).logits[:, -length - 1 : -1].float()
 
-        unwrapped = self.accelerator.unwrap_model(self.model)
         with torch.no_grad():
             policy_logits = completion_logits(model)
-            if self._snapshot_model is not None:
-                reference_logits = completion_logits(self._snapshot_model)
-            else:
-                with use_adapter(unwrapped, adapter_name=self._snapshot_adapter):
-                    reference_logits = completion_logits(model)
-        logps = spa.decoupled_sequence_logps(
+            with self._snapshot.forward_with(model) as snapshot:
+                reference_logits = completion_logits(snapshot)
+        logps = losses.decoupled_sequence_logps(
             policy_logits,
             reference_logits,
             completion_ids,
@@ -352,22 +312,10 @@ class SPATrainer(PLETrainer):
         )
         return logps.view(2, num_pairs)
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        # The iteration and the threshold are states, not measurements: log their values at this step.
-        for name in ("spa/iteration", "spa/confidence_threshold"):
-            values = self._metrics[mode].get(name)
-            if values:
-                self._metrics[mode][name] = values[-1:]
-        super().log(logs, start_time)
-
-    # --- checkpoints --------------------------------------------------------------------------------------------
-
     def _extra_state(self) -> dict:
-        return {**super()._extra_state(), "margin_history": self._margin_history.state_dict()}
+        return {"margin_history": self._margin_history.state_dict()}
 
     def _load_extra_state(self, state: dict, checkpoint: str):
-        super()._load_extra_state(state, checkpoint)
         if "margin_history" in state:
             self._margin_history.load_state_dict(state["margin_history"])
         else:
@@ -396,35 +344,3 @@ class SPATrainer(PLETrainer):
         return "\n".join(lines)
 
 
-def run_seed_dpo(model, train_dataset, output_dir: str, peft_config=None, processing_class=None, **dpo_kwargs) -> str:
-    """
-    SPA's seed stage: TRL's [`~trl.DPOTrainer`] on a small human-labelled preference set (the paper: 2,000
-    UltraFeedback pairs, 3.3%), before the SPA iterations. A LoRA adapter is merged, so that SPA starts from a plain
-    model; pass the model the seed stage started from to [`SPATrainer`] as `ref_model` (`pi_init`).
-
-    Args:
-        model (`str` or [`~transformers.PreTrainedModel`]): the model to train (path, Hub id or model).
-        train_dataset: preference data (`prompt`/`chosen`/`rejected`, or implicit prompt), as for `DPOTrainer`.
-        output_dir (`str`): where the seed model is saved.
-        peft_config ([`~peft.PeftConfig`], *optional*): train an adapter (merged before saving).
-        processing_class (*optional*): the tokenizer; loaded from the model when `None`.
-        **dpo_kwargs: fields of [`~trl.DPOConfig`] (`beta`, `learning_rate`, `max_steps`, batch sizes, precision...).
-
-    Returns:
-        `str`: `output_dir`, holding the seed model and its tokenizer.
-    """
-    from trl import DPOConfig, DPOTrainer
-
-    dpo_kwargs.setdefault("save_strategy", "no")
-    dpo_kwargs.setdefault("report_to", "none")
-    trainer = DPOTrainer(
-        model=model,
-        args=DPOConfig(output_dir=output_dir, **dpo_kwargs),
-        train_dataset=train_dataset,
-        processing_class=processing_class,
-        peft_config=peft_config,
-    )
-    trainer.train()
-    save_merged_model(trainer, output_dir, "SPA seed stage (DPO)")
-    del trainer
-    return output_dir

@@ -1,0 +1,1 @@
+"""accelerate launch configurations shipped with ple-trl (`ple-trl train --accelerate_config NAME`)."""
