@@ -6,6 +6,7 @@ runs everything around them, with the techniques of this package: [`prefix_shari
 [`checkpoints`], [`completions`], [`multimodal`].
 """
 
+import contextlib
 import logging
 import os
 from collections import deque
@@ -272,10 +273,11 @@ class PairTrainer(GRPOTrainer):
         images = multimodal.dataset_images(inputs)
         return prompts, images, multimodal.with_images(prompts, images)
 
-    def _generate_round(self, model_prompts, second_prompts, images):
+    def _generate_round(self, model_prompts, second_prompts, images, keep_second_prompts=False):
         """
         Generate a round in one call, `model_prompts` (the plain prompts) then `second_prompts`, and lay it out as
-        pairs: the plain prompts (both answers are trained on them) and the answers `(pairs, 2, length)`.
+        pairs: the plain prompts (both answers are trained on them) and the answers `(pairs, 2, length)`; with
+        `keep_second_prompts`, the second prompts too (`second_prompt_ids`, `second_prompt_mask`, left-padded).
 
         Returns:
             `tuple`: the pair batch (`prompt_ids`, `prompt_mask`, `completion_ids`, `completion_mask`, image fields),
@@ -293,6 +295,10 @@ class PairTrainer(GRPOTrainer):
             "completion_ids": completion_ids.view(2, num_pairs, -1).transpose(0, 1),
             "completion_mask": completion_mask.view(2, num_pairs, -1).transpose(0, 1),
         }
+        if keep_second_prompts:
+            batch["second_prompt_ids"], batch["second_prompt_mask"] = self._pad_ids(
+                prompt_ids_list[num_pairs:], padding_side="left"
+            )
         if images is not None:
             batch.update(
                 multimodal.processor_fields(
@@ -397,16 +403,23 @@ class PairTrainer(GRPOTrainer):
                 "`share_prompt_prefix=None` (share where it is proven exact, the default) or `False`."
             )
 
+    @contextlib.contextmanager
+    def _frozen_initial_model(self):
+        """Yield `pi_init` to run a forward with: the reference model, or the policy with its adapter disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            with use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=None):
+                yield self.model
+
     def _frozen_pair_logps(self, which, inputs):
         """`(sums, means)` of the log-probs of both answers of every pair, `(2, pairs)` each, without gradient, under
         `which`: `"init"` (`pi_init`: the reference model, or the adapter-disabled policy under PEFT), `"snapshot"`
         (the policy as at the start of the iteration) or `"policy"` (the current policy)."""
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            if which == "init" and self.ref_model is not None:
-                sums, means, _ = self._pair_logps(self.ref_model, inputs)
-            elif which == "init":
-                with use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=None):
-                    sums, means, _ = self._pair_logps(self.model, inputs)
+            if which == "init":
+                with self._frozen_initial_model() as model:
+                    sums, means, _ = self._pair_logps(model, inputs)
             elif which == "snapshot":
                 with self._snapshot.forward_with(self.model) as model:
                     sums, means, _ = self._pair_logps(model, inputs)

@@ -8,7 +8,7 @@ from trl import GRPOConfig
 
 from ..pairs.config import PairConfig
 from ..pairs.grpo_fields import DPO_SFT_LOSS_TYPES
-from .labeling import GAP_MODES, REWARD_TRANSFORMS, ROUTINGS, SFT_WEIGHTINGS
+from .labeling import DISTILL_PAIRS, GAP_MODES, REWARD_TRANSFORMS, ROUTINGS, SFT_WEIGHTINGS
 from .losses import RANKING_LOSS_TYPES, REFERENCE_LOSS_TYPES
 from .principles import DEFAULT_TEMPLATE, PLACEMENTS
 
@@ -89,6 +89,26 @@ class PLEConfig(PairConfig):
             with `"sigmoid"` or `"hinge"` is an error. `0` loads no reference model. With PEFT the reference is the
             adapter-disabled model, otherwise a frozen copy of the initial policy (or `ref_model=` of the trainer).
 
+    Parameters that anchor the policy and distil the principle (off by default):
+        plain_sft_coef (`float`, *optional*, defaults to `0.0`):
+            NLL (mean token) on the plain answer of every pair: an anchor on the model's own answers, which keeps
+            their diversity (SSO's SFT term; PLE's other losses train on the principle-guided answers).
+        distill_coef (`float`, *optional*, defaults to `0.0`):
+            Weight of the distillation of the principle: on the pairs of `distill_pairs`, the policy shown the plain
+            prompt is trained to the token distributions of the frozen initial model (`pi_init`: the adapter-disabled
+            model under PEFT, else a frozen copy or `ref_model`) shown the principle-guided prompt, on the policy's
+            own plain answer, as TRL's SDFT does (top-`distill_topk` tokens, skew `distill_alpha`). PLE's routing
+            decides where to distil. It costs a forward of the teacher and one of the policy with full logits on
+            those pairs.
+        distill_pairs (`str`, *optional*, defaults to `"ranked"`):
+            `"ranked"`: the pairs where the reward says the principle helped by more than `tau`; `"all"`: every pair
+            (SDFT's choice, an ablation).
+        distill_topk (`int`, *optional*, defaults to `100`):
+            Size of the student's token support of the distillation (SDFT's default).
+        distill_alpha (`float`, *optional*, defaults to `0.5`):
+            Skew of the divergence, in [0, 1]: 0 is `KL(teacher || student)`, 1 is `KL(student || teacher)`, 0.5
+            (SDFT's default) the Jensen-Shannon divergence.
+
     Parameters that control the rewards:
         reward_source (`str`, *optional*, defaults to `"reward_funcs"`):
             `"reward_funcs"`: the trainer's reward functions/models (and `reward_model_name_or_path`). `"implicit"`: no
@@ -163,6 +183,19 @@ class PLEConfig(PairConfig):
         },
     )
 
+    # Parameters that anchor the policy and distil the principle
+    plain_sft_coef: float = field(default=0.0, metadata={"help": "NLL on the plain answer of every pair (an anchor)."})
+    distill_coef: float = field(
+        default=0.0, metadata={"help": "Weight of the distillation of the principle-guided teacher (0: off)."}
+    )
+    distill_pairs: str = field(
+        default="ranked",
+        metadata={"help": "Pairs distilled: `ranked` (the principle helped by more than tau) or `all`.",
+                  "choices": DISTILL_PAIRS},  # fmt: skip
+    )
+    distill_topk: int = field(default=100, metadata={"help": "Top-k token support of the distillation."})
+    distill_alpha: float = field(default=0.5, metadata={"help": "Skew of the distillation's divergence, in [0, 1]."})
+
     # Parameters that control the rewards
     reward_source: str = field(
         default="reward_funcs",
@@ -224,12 +257,14 @@ class PLEConfig(PairConfig):
             "routing": ROUTINGS,
             "ranking_loss_type": RANKING_LOSS_TYPES,
             "sft_weighting": SFT_WEIGHTINGS,
+            "distill_pairs": DISTILL_PAIRS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Unknown `{name}={getattr(self, name)!r}`; use one of {allowed}.")
         # NaN passes every comparison below (tau0=nan would become tau 0): refuse non-finite numbers first.
-        for name in ("tau0", "alpha", "tau_min", "sft_temperature", "rank_coef", "wsft_coef", "rank_sft_coef", "beta"):
+        for name in ("tau0", "alpha", "tau_min", "sft_temperature", "rank_coef", "wsft_coef", "rank_sft_coef", "beta",
+                     "plain_sft_coef", "distill_coef", "distill_alpha"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"`{name}={value!r}` must be a finite number.")
@@ -256,9 +291,16 @@ class PLEConfig(PairConfig):
                 "GRPO-style KL term, only the reference-anchored ranking losses use `beta`. Set "
                 "`ranking_loss_type='dpo'` (or 'ipo') to anchor on a reference model, or `beta=0`."
             )
-        for name in ("rank_coef", "wsft_coef", "rank_sft_coef"):
+        for name in ("rank_coef", "wsft_coef", "rank_sft_coef", "plain_sft_coef", "distill_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}={getattr(self, name)}` must be >= 0.")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(
+                f"`distill_alpha={self.distill_alpha}` must lie in [0, 1] (0: KL(teacher || student), 1: "
+                "KL(student || teacher); SDFT uses 0.5)."
+            )
+        if isinstance(self.distill_topk, bool) or not isinstance(self.distill_topk, int) or self.distill_topk < 1:
+            raise ValueError(f"`distill_topk={self.distill_topk!r}` must be an integer >= 1 (SDFT uses 100).")
         if self.iteration_unit == "steps" and self.steps_per_iteration is None and self.ple_iterations is None:
             raise ValueError(
                 "`iteration_unit='steps'` needs `steps_per_iteration` (optimizer steps per PLE iteration) or "

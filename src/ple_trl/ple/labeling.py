@@ -174,6 +174,29 @@ def soft_label_weights(
     raise ValueError(f"Unknown `sft_weighting={weighting!r}`; use one of {SFT_WEIGHTINGS}.")
 
 
+DISTILL_PAIRS = ("ranked", "all")
+
+
+def distill_mask(labels: "EnhancedLabels", pairs: str = "ranked") -> torch.Tensor:
+    """
+    The pairs whose plain answer is trained to the principle-guided teacher's distributions: `"ranked"` where the
+    reward says the principle helped by more than tau (ranked pairs that prefer the principled answer), `"all"` every
+    valid pair (SDFT's choice, an ablation: the principle is distilled whatever the reward says).
+
+    Args:
+        labels ([`EnhancedLabels`]): the round's labels.
+        pairs (`str`, *optional*, defaults to `"ranked"`): `"ranked"` or `"all"`.
+
+    Returns:
+        `torch.Tensor`: boolean, `(num_pairs,)`.
+    """
+    if pairs == "all":
+        return labels.valid.bool()
+    if pairs == "ranked":
+        return labels.rank_mask & labels.principled_preferred & labels.valid.bool()
+    raise ValueError(f"Unknown `distill_pairs={pairs!r}`; use one of {DISTILL_PAIRS}.")
+
+
 class EnhancedLabels(NamedTuple):
     """
     The enhanced labels of a batch of pairs, from [`enhance`]; every field has shape `(num_pairs,)`.

@@ -150,6 +150,46 @@ def ranking_logps(logps: PairLogps, ranking_loss_type: str, length_normalize: bo
     return logps.means if ranks_on_mean(ranking_loss_type, length_normalize) else logps.sums
 
 
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    topk: int = 100,
+    alpha: float = 0.5,
+) -> torch.Tensor:
+    """
+    Per-sequence distillation of a teacher's token distributions into a student's, on the same answer tokens: the
+    mean over answer tokens of the divergence that TRL's SDFT computes on the student's top-`topk` tokens
+    (`trl.experimental.sdft`'s `compute_topk_self_distillation_loss`: the top-k renormalised; `alpha=0` is
+    `KL(teacher || student)`, `alpha=1` is `KL(student || teacher)`, in between the generalised Jensen-Shannon
+    divergence).
+
+    PLE distils the principle with it: the teacher is the frozen initial model shown the principle-guided prompt, the
+    student the policy shown the plain prompt, both on the policy's own plain answer.
+
+    Args:
+        student_logits (`torch.Tensor`): the student's logits predicting each answer token, `(batch, length, vocab)`.
+        teacher_logits (`torch.Tensor`): the teacher's logits at the same answer tokens, same shape; a constant.
+        mask (`torch.Tensor`): 1 on answer tokens, 0 on padding, `(batch, length)`.
+        topk (`int`, *optional*, defaults to `100`): the size of the student's token support (at most the vocabulary).
+        alpha (`float`, *optional*, defaults to `0.5`): the divergence's skew, in [0, 1].
+
+    Returns:
+        `torch.Tensor`: `(batch,)`; 0 for an empty answer.
+    """
+    from trl.experimental.sdft.loss_utils import compute_topk_self_distillation_loss
+
+    per_token = compute_topk_self_distillation_loss(
+        student_logits.float(),
+        teacher_logits.detach().float(),
+        distillation_topk=min(topk, student_logits.size(-1)),
+        distillation_alpha=alpha,
+        distillation_add_tail=False,
+    )
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
 def ple_loss(
     labels: EnhancedLabels,
     logps: PairLogps,
@@ -159,12 +199,17 @@ def ple_loss(
     wsft_coef: float = 1.0,
     rank_sft_coef: float = 0.0,
     beta: float = 0.0,
+    plain_sft_coef: float = 0.0,
+    distill_losses: torch.Tensor | None = None,
+    distill_coef: float = 0.0,
 ) -> PLELoss:
     """
     The routed PLE loss of a batch of pairs, both answers conditioned on the plain prompt.
 
     Ranked pairs get `rank_coef * (L_rank + rank_sft_coef * NLL(preferred))`, the other valid pairs get
-    `wsft_coef * L_wsft`, invalid pairs (NaN reward) get nothing; the result is the mean over valid pairs.
+    `wsft_coef * L_wsft`; every valid pair gets `plain_sft_coef * NLL(plain answer)` (an anchor on the model's own
+    answers) and `distill_coef` times its distillation loss (`distill_losses`, zero where the pair is not distilled);
+    invalid pairs (NaN reward) get nothing. The result is the mean over valid pairs.
 
     Args:
         labels ([`~ple_trl.ple.labeling.EnhancedLabels`]): the enhanced labels from
@@ -178,6 +223,11 @@ def ple_loss(
         rank_sft_coef (`float`, *optional*, defaults to `0.0`): extra NLL (mean token) on the preferred answer of a
             ranked pair.
         beta (`float`, *optional*, defaults to `0.0`): reference anchor for `"dpo"`/`"ipo"`.
+        plain_sft_coef (`float`, *optional*, defaults to `0.0`): NLL (mean token) on the plain answer of every valid
+            pair.
+        distill_losses (`torch.Tensor`, *optional*): per-pair distillation losses ([`distillation_loss`]), zero for a
+            pair that is not distilled, `(num_pairs,)`.
+        distill_coef (`float`, *optional*, defaults to `0.0`): their weight.
 
     Returns:
         [`PLELoss`]: the scalar loss, the per-pair losses of each branch and the masks of the pairs they apply to.
@@ -206,6 +256,10 @@ def ple_loss(
     rank_losses = torch.where(rank_mask, rank, zero)
     wsft_losses = torch.where(wsft_mask, wsft, zero)
     per_pair = rank_coef * rank_losses + wsft_coef * wsft_losses
+    if plain_sft_coef:
+        per_pair = per_pair - plain_sft_coef * torch.where(valid, plain_mean, zero)
+    if distill_losses is not None and distill_coef:
+        per_pair = per_pair + distill_coef * torch.where(valid, distill_losses, zero)
     # Mean over valid pairs; with none valid this is 0 but still attached to the graph, so every process runs the
     # same backward (DDP would hang otherwise).
     loss = per_pair.sum() / valid.sum().clamp(min=1)

@@ -9,10 +9,12 @@ import torch
 from accelerate.utils import gather_object
 from torch import nn
 from trl.data_utils import is_conversational
-from trl.trainer.utils import strip_images_from_messages
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import selective_log_softmax, strip_images_from_messages
 
 from ..data import prompt_is_empty
 from ..hub import check_model_path
+from ..pairs.logps import sequence_logps
 from ..pairs.trainer import PairTrainer
 from ..rewards.implicit import implicit_reward_column
 from ..rewards.model import LeftTruncatingRewardModel, reward_model_max_length
@@ -170,10 +172,11 @@ class PLETrainer(PairTrainer):
                 "`PLEConfig(reward_model_name_or_path=...)`, or use the model's own implicit reward with "
                 "`PLEConfig(reward_source='implicit')`."
             )
-        if ref_model is not None and args.beta == 0 and not implicit:
+        if ref_model is not None and not self._needs_reference(args):
             raise ValueError(
                 "A `ref_model` was passed but `beta=0`, so it would never be used. Set `beta > 0` with "
-                "`ranking_loss_type='dpo'` or `'ipo'`, or drop `ref_model`."
+                "`ranking_loss_type='dpo'` or `'ipo'` (or `distill_coef > 0`: it is then the teacher), or drop "
+                "`ref_model`."
             )
         super().__init__(
             model=model,
@@ -204,6 +207,8 @@ class PLETrainer(PairTrainer):
             max_length = reward_model_max_length(reward_tokenizer, reward_func)
             if max_length is not None:  # long dialogues lose their start, never overflow the reward model
                 self.reward_funcs[i] = LeftTruncatingRewardModel(reward_func, max_length)
+        if args.distill_coef > 0:
+            self._check_distillation()
         # Each process draws its own principles (independent streams, saved per process in checkpoints).
         self._principle_rng = random.Random(args.seed + self.accelerator.process_index)
         self._skipped_pairs_total = 0
@@ -214,7 +219,8 @@ class PLETrainer(PairTrainer):
         return args.principle is not None or args.principles is not None
 
     def _needs_reference(self, args) -> bool:
-        return args.beta > 0 or self._uses_implicit_reward(args)
+        # `pi_init`: the reference of `dpo`/`ipo`, the implicit reward's, and the teacher of the distillation.
+        return args.beta > 0 or self._uses_implicit_reward(args) or args.distill_coef > 0
 
     def _uses_implicit_reward(self, args) -> bool:
         return args.reward_source == "implicit"
@@ -307,7 +313,10 @@ class PLETrainer(PairTrainer):
             for prompt, principle in zip(model_prompts, principles, strict=True)
         ]
         # One generation call for both halves: plain answers first, principle-guided answers second.
-        output, completions, completion_ids_list = self._generate_round(model_prompts, principled_prompts, images)
+        distill = self.args.distill_coef > 0
+        output, completions, completion_ids_list = self._generate_round(
+            model_prompts, principled_prompts, images, keep_second_prompts=distill
+        )
 
         # Both answers are scored against the plain prompt: the reward never sees the principle.
         if self.args.reward_source == "implicit":
@@ -351,6 +360,12 @@ class PLETrainer(PairTrainer):
                 self._add_completion_rows(self._table_rows(records, rewards_per_func, extra_columns))
 
         output.update(labels.select(self._local(num_pairs))._asdict())
+        if distill:
+            distilled = labeling.distill_mask(labels, self.args.distill_pairs)
+            self._metrics[mode]["ple/distill_fraction"].append(
+                (distilled.sum() / labels.valid.sum().clamp(min=1)).item()
+            )
+            output["distill_mask"] = distilled[self._local(num_pairs)]
         if self.beta > 0:
             with torch.no_grad():
                 output["ref_logps"] = self._reference_logps(output)
@@ -450,7 +465,11 @@ class PLETrainer(PairTrainer):
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
         # The MoE load-balancing loss only in the policy's trained forward, as GRPO (not in the reference pass).
-        sums, means, aux_loss = self._pair_logps(model, inputs, compute_aux_loss=self.aux_loss_enabled)
+        distill_losses = None
+        if self.args.distill_coef > 0:
+            (sums, means, distill_losses), aux_loss = self._distilled_pair_logps(model, inputs), None
+        else:
+            sums, means, aux_loss = self._pair_logps(model, inputs, compute_aux_loss=self.aux_loss_enabled)
         ref_logps = inputs.get("ref_logps")
         result = losses.ple_loss(
             labeling.EnhancedLabels(*(inputs[name] for name in labeling.EnhancedLabels._fields)),
@@ -461,20 +480,69 @@ class PLETrainer(PairTrainer):
             wsft_coef=self.args.wsft_coef,
             rank_sft_coef=self.args.rank_sft_coef,
             beta=self.beta,
+            plain_sft_coef=self.args.plain_sft_coef,
+            distill_losses=distill_losses,
+            distill_coef=self.args.distill_coef,
         )
-        loss = result.loss
-        # Global means of each branch's loss over the pairs it applies to (one reduction for the four numbers).
+        # Global means of each branch's loss over the pairs it applies to (one reduction for all the numbers).
+        branches = {"rank": (result.rank_losses, result.rank_mask), "wsft": (result.wsft_losses, result.wsft_mask)}
+        if distill_losses is not None:
+            distilled = inputs["distill_mask"] & inputs["valid"].bool()
+            branches["distill"] = (torch.where(distilled, distill_losses, 0.0), distilled)
         totals = self.accelerator.reduce(
-            torch.stack(
-                [result.rank_losses.sum(), result.rank_mask.sum(), result.wsft_losses.sum(), result.wsft_mask.sum()]
-            ).detach().float(),
+            torch.stack([x for value, mask in branches.values() for x in (value.sum(), mask.sum())]).detach().float(),
             reduction="sum",
         ).tolist()
-        if totals[1]:
-            self._metrics[mode]["ple/loss_rank"].append(totals[0] / totals[1])
-        if totals[3]:
-            self._metrics[mode]["ple/loss_wsft"].append(totals[2] / totals[3])
-        return self._scaled_loss(loss, aux_loss, mode)
+        for i, name in enumerate(branches):
+            if totals[2 * i + 1]:
+                self._metrics[mode][f"ple/loss_{name}"].append(totals[2 * i] / totals[2 * i + 1])
+        return self._scaled_loss(result.loss, aux_loss, mode)
+
+    def _check_distillation(self):
+        # The distillation's forward runs the plain-prompt rows with full logits and a teacher on text prompts.
+        if self.aux_loss_enabled:
+            raise ValueError(
+                "`distill_coef > 0` runs the pair forward with full logits, which does not compute an MoE "
+                "load-balancing loss: set `router_aux_loss_coef=0` (or `distill_coef=0`)."
+            )
+        if self._is_vlm:
+            raise ValueError(
+                "`distill_coef > 0` distils text prompts: its teacher forward takes no images. Set `distill_coef=0` "
+                "for a vision-language policy."
+            )
+
+    def _distilled_pair_logps(self, model, inputs):
+        """
+        The pair forward with full logits (GRPO's layout, not the fused LM head), for the distillation: the sums and
+        means of both answers' log-probs, `(2, pairs)`, and each pair's distillation loss, `(pairs,)` (0 where
+        `distill_mask` is off): the policy shown the plain prompt against the frozen initial model shown the
+        principle-guided prompt, on the plain answer.
+        """
+        num_pairs, length = inputs["prompt_ids"].size(0), inputs["completion_ids"].size(2)
+        completion_ids = inputs["completion_ids"].transpose(0, 1).flatten(0, 1)
+        completion_mask = inputs["completion_mask"].transpose(0, 1).flatten(0, 1)
+        input_ids = torch.cat([inputs["prompt_ids"].repeat(2, 1), completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"].repeat(2, 1), completion_mask], dim=1)
+        with self.accelerator.autocast():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -length - 1 : -1]
+        per_token = selective_log_softmax(logits.float(), completion_ids)
+        sums = sequence_logps(per_token, completion_mask).view(2, num_pairs)
+        means = sequence_logps(per_token, completion_mask, length_normalize=True).view(2, num_pairs)
+        distill_losses = torch.zeros(num_pairs, device=logits.device)
+        rows = inputs["distill_mask"].nonzero().squeeze(-1)
+        if rows.numel():
+            plain_ids, plain_mask = inputs["completion_ids"][rows, 0], inputs["completion_mask"][rows, 0]
+            teacher_ids = torch.cat([inputs["second_prompt_ids"][rows], plain_ids], dim=1)
+            teacher_mask = torch.cat([inputs["second_prompt_mask"][rows], plain_mask], dim=1)
+            with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+                with self._frozen_initial_model() as teacher, self.accelerator.autocast():
+                    teacher_logits = teacher(input_ids=teacher_ids, attention_mask=teacher_mask).logits
+            distilled = losses.distillation_loss(
+                logits[rows], teacher_logits[:, -length - 1 : -1], plain_mask, self.args.distill_topk,
+                self.args.distill_alpha,
+            )  # fmt: skip
+            distill_losses = distill_losses.index_put((rows,), distilled)
+        return sums, means, distill_losses
 
     def _settings_section(self) -> str:
         args = self.args
