@@ -10,6 +10,9 @@ is measured on the same held-out prompts (never trained on) with greedy answers:
 | `base_prompted` | the base model with the task's principle in its prompt (prompting alone) | 0 |
 | `ple` | [`PLETrainer`] with the demo's settings | `S` steps x `B` pairs x 2 |
 | `ple_anchored` | `ple` with the DPO ranking loss anchored on the initial model (beta 0.1) | `S x B x 2` |
+| `ple_distill` | `ple` + distilling the principle-guided frozen model where the principle helped | `S x B x 2` |
+| `ple_distill_all` | `ple_distill` on every pair (SDFT's choice, whatever the reward says) | `S x B x 2` |
+| `ple_anchored_distill` | DPO ranking (beta 0.1), NLL on the plain (not preferred) answer, distil all | `S x B x 2` |
 | `grpo` | TRL `GRPOTrainer`, `num_generations=2`, `B` prompts a step (advantages +-0.707) | `S x B x 2` |
 | `grpo_batch` | `grpo` with `scale_rewards="batch"` (advantages scaled by the batch's reward std) | `S x B x 2` |
 | `grpo_g4` | TRL `GRPOTrainer`, `num_generations=4`, `B/2` prompts a step | `S x (B/2) x 4` |
@@ -60,8 +63,17 @@ from ple_trl.evaluation import answer_requests, score_answers, text_statistics
 from ple_trl.tasks import LORA
 from ple_trl.tasks import tasks as build_tasks
 
+# PLE's variants (issue 21's levers): the method name and the [`PLEConfig`] fields it sets over the demo's settings.
+PLE_VARIANTS = {
+    "ple": {},
+    "ple_anchored": {"ranking_loss_type": "dpo", "beta": 0.1},
+    "ple_distill": {"distill_coef": 1.0, "distill_pairs": "ranked"},
+    "ple_distill_all": {"distill_coef": 1.0, "distill_pairs": "all"},
+    "ple_anchored_distill": {"ranking_loss_type": "dpo", "beta": 0.1, "rank_sft_coef": 0.0, "plain_sft_coef": 0.1,
+                             "distill_coef": 1.0, "distill_pairs": "all"},
+}  # fmt: skip
 METHODS = (
-    "base", "base_prompted", "ple", "ple_anchored", "grpo", "grpo_batch", "grpo_g4", "online_dpo", "raft",
+    "base", "base_prompted", *PLE_VARIANTS, "grpo", "grpo_batch", "grpo_g4", "online_dpo", "raft",
     "context_distillation", "sdft", "spa",
 )  # fmt: skip
 # Generate first, then fine-tune (SFT) on what was generated: their learning curve is measured at SFT steps.
@@ -70,7 +82,7 @@ UNTRAINED = ("base", "base_prompted")
 # Each method's own default learning rate ("default" in --lrs): the demo's for PLE and SPA, TRL's config defaults for
 # the others (tuned there for full fine-tuning, so tiny for a LoRA adapter: hence the sweep).
 DEFAULT_LRS = {
-    "ple": DEFAULT_LEARNING_RATES["ple"], "ple_anchored": DEFAULT_LEARNING_RATES["ple"],
+    **{variant: DEFAULT_LEARNING_RATES["ple"] for variant in PLE_VARIANTS},
     "spa": DEFAULT_LEARNING_RATES["spa"], "grpo": 1e-6, "grpo_batch": 1e-6, "grpo_g4": 1e-6, "online_dpo": 5e-7,
     "raft": 2e-5, "context_distillation": 2e-5, "sdft": 5e-5,  # SDFTConfig keeps TrainingArguments' 5e-5
 }  # fmt: skip
@@ -381,16 +393,16 @@ def train_method(ctx, task, method, lr, seed, train_prompts, output_dir, heldout
         answers_at = lambda step: counter.answers
     curve = curve_callback(ctx, task, heldout, counter, answers_at) if heldout else None
     callbacks = [curve] if curve is not None else None
-    if method in ("ple", "ple_anchored"):
+    if method in PLE_VARIANTS:
         from ple_trl import PLEConfig, PLETrainer
 
-        # `ple`: the demo's settings. `ple_anchored`: the same with the DPO ranking loss anchored on the initial model
-        # (the adapter-disabled policy, beta 0.1), the remedy the issue proposes against filler answers.
-        anchor = {"ranking_loss_type": "dpo", "beta": 0.1} if method == "ple_anchored" else {}
+        # `ple`: the demo's settings; the variants set their levers over them (the reference, for the anchored ranking
+        # and the distillation's teacher, is the adapter-disabled policy).
+        demo = dict(tau0=0.2, alpha=0.9, rank_sft_coef=1.0, iteration_unit="steps", steps_per_iteration=4)
         config = PLEConfig(principle=task.principle, per_device_train_batch_size=args.pairs,
-                           max_completion_length=args.max_completion_length, temperature=args.temperature, tau0=0.2,
-                           alpha=0.9, rank_sft_coef=1.0, iteration_unit="steps", steps_per_iteration=4,
-                           reward_weights=task.reward_weights, **anchor, **common)  # fmt: skip
+                           max_completion_length=args.max_completion_length, temperature=args.temperature,
+                           reward_weights=task.reward_weights, **{**demo, **PLE_VARIANTS[method]},
+                           **common)  # fmt: skip
         trainer = PLETrainer(model=policy, reward_funcs=task.reward_funcs, args=config, train_dataset=dataset,
                              processing_class=ctx.tokenizer, peft_config=_peft_config(),
                              callbacks=callbacks)  # fmt: skip
@@ -580,7 +592,7 @@ RESUME_KEYS = ("model_path", "steps", "pairs", "max_completion_length", "tempera
                "num_heldout")
 # The methods whose result depends on the task's principle: their cells must also share it. The others (the base
 # model, the GRPOs, Online DPO, RAFT, SPA) never see the principle, so their cells stay valid when it changes.
-PRINCIPLED = ("base_prompted", "ple", "ple_anchored", "context_distillation", "sdft")
+PRINCIPLED = ("base_prompted", *PLE_VARIANTS, "context_distillation", "sdft")
 
 
 def check_reusable(path, record, ctx, task):
