@@ -11,7 +11,7 @@ is measured on the same held-out prompts (never trained on) with greedy answers:
 | `ple` | [`PLETrainer`] with the demo's settings | `S` steps x `B` pairs x 2 |
 | `ple_anchored` | `ple` with the DPO ranking loss anchored on the initial model (beta 0.1) | `S x B x 2` |
 | `ple_distill` | `ple` + distilling the principle-guided frozen model where the principle helped | `S x B x 2` |
-| `ple_distill_all` | `ple_distill` on every pair (SDFT's choice, whatever the reward says) | `S x B x 2` |
+| `ple_distill_only` | only that distillation: PLE's reward routes it, SDFT's loss trains | `S x B x 2` |
 | `ple_anchored_distill` | DPO ranking (beta 0.1), NLL on the plain (not preferred) answer, distil all | `S x B x 2` |
 | `grpo` | TRL `GRPOTrainer`, `num_generations=2`, `B` prompts a step (advantages +-0.707) | `S x B x 2` |
 | `grpo_batch` | `grpo` with `scale_rewards="batch"` (advantages scaled by the batch's reward std) | `S x B x 2` |
@@ -67,10 +67,14 @@ from ple_trl.tasks import tasks as build_tasks
 PLE_VARIANTS = {
     "ple": {},
     "ple_anchored": {"ranking_loss_type": "dpo", "beta": 0.1},
-    "ple_distill": {"distill_coef": 1.0, "distill_pairs": "ranked"},
-    "ple_distill_all": {"distill_coef": 1.0, "distill_pairs": "all"},
+    # The distillation's per-token divergence starts near 0.03 while the summed ranking loss is near 5: weighted 1 it
+    # would be noise next to it, hence 30 where it is added to PLE's losses. Alone (`ple_distill_only`) its weight is
+    # moot (Adam scales the step).
+    "ple_distill": {"distill_coef": 30.0, "distill_pairs": "ranked"},
+    "ple_distill_only": {"rank_coef": 0.0, "wsft_coef": 0.0, "rank_sft_coef": 0.0, "distill_coef": 1.0,
+                         "distill_pairs": "ranked"},
     "ple_anchored_distill": {"ranking_loss_type": "dpo", "beta": 0.1, "rank_sft_coef": 0.0, "plain_sft_coef": 0.1,
-                             "distill_coef": 1.0, "distill_pairs": "all"},
+                             "distill_coef": 10.0, "distill_pairs": "all"},
 }  # fmt: skip
 METHODS = (
     "base", "base_prompted", *PLE_VARIANTS, "grpo", "grpo_batch", "grpo_g4", "online_dpo", "raft",
