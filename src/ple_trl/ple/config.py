@@ -19,9 +19,6 @@ REWARD_SOURCES = ("reward_funcs", "implicit")
 DPO_LOSS_TYPES = {"sigmoid": "dpo", "ipo": "ipo"}
 
 
-
-
-
 @dataclass
 class PLEConfig(PairConfig):
     r"""
