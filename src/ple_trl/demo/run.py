@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 from ..ple.principles import PRINCIPLES
@@ -283,6 +284,7 @@ def seed_stage(policy, tokenizer, args: DemoArguments):
         max_length=256,
         logging_steps=1,
         bf16=False,
+        dataloader_pin_memory=False,  # a few small batches: nothing to gain, and a warning on a CPU
         seed=args.seed,
         disable_tqdm=args.quiet,
     )
@@ -325,6 +327,7 @@ def train(policy, tokenizer, train_prompts: list[str], args: DemoArguments, conf
         save_strategy="no",
         bf16=False,
         gradient_checkpointing=False,
+        dataloader_pin_memory=False,  # the rows are prompts (text): nothing to pin, and a warning on a CPU
         report_to="none",
         seed=args.seed,
         iteration_unit="steps",
@@ -448,7 +451,11 @@ def main(argv=None) -> int:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    results = run_demo(args)
+    with warnings.catch_warnings():
+        # transformers 5 renamed gradient checkpointing to activation checkpointing; TRL's config default and TRL's and
+        # PEFT's code still use the old names, which nothing in a demo run can change: not shown.
+        warnings.filterwarnings("ignore", r"`(is_)?gradient_checkpointing\S*` is deprecated", FutureWarning)
+        results = run_demo(args)
     timings, files = results["timings"], results["files"]
     print()
     print(before_after_table(results))
