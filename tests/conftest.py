@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny models built from a config and tokenizers trained on the spot (by `ple_trl.testing`, which the
-benchmarks use too), saved to a temp dir and passed by path, like a user passes hub ids. Nothing here touches a hub."""
+"""The test environment and the shared fixtures: tiny models built from a config and tokenizers trained on the spot
+(by `ple_trl.testing`, which the benchmarks use too), saved to a temp dir and passed by path, like a user passes hub
+ids. Nothing here touches a hub. Shared helpers live in `tests/helpers.py`."""
 
 import os
 
@@ -10,22 +11,9 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ple_trl.testing import (  # noqa: E402, F401  (re-exported: test modules import them from conftest)
-    CHAT_TEMPLATE,
-    NEGATIVE_WORDS,
-    POLICY_SPECIAL,
-    POSITIVE_WORDS,
-    REWARD_CHAT_TEMPLATE,
-    REWARD_SPECIAL,
-    WORDS,
-    build_tiny_causal_lm,
-    build_tiny_reward_model,
-    build_tiny_vlm,
-    make_policy_tokenizer,
-    make_reward_tokenizer,
-    make_word_tokenizer,
-    tiny_llama_config,
-)
+from ple_trl.testing import build_tiny_causal_lm, build_tiny_reward_model, build_tiny_vlm  # noqa: E402
+
+from helpers import positivity_reward  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -61,23 +49,7 @@ def tiny_reward_model_no_template_path(tmp_path_factory):
     return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-reward-model-no-template"), chat_template=False)
 
 
-def positive_fraction(text):
-    """Fraction of the words of `text` that are positive minus the fraction that are negative (in [-1, 1])."""
-    words = text.split()
-    if not words:
-        return 0.0
-    return (sum(w in POSITIVE_WORDS for w in words) - sum(w in NEGATIVE_WORDS for w in words)) / len(words)
-
-
-def completion_text(completion):
-    return completion[-1]["content"] if isinstance(completion, list) else completion
-
-
-def positivity_reward(completions, **kwargs):
-    """A reward function with a known value: positive minus negative word fraction of the answer."""
-    return [positive_fraction(completion_text(c)) for c in completions]
-
-
 @pytest.fixture
 def positivity():
+    """`helpers.positivity_reward`: a reward function with a known value."""
     return positivity_reward

@@ -2,24 +2,22 @@
 overriding the recipe) and the `eval` command (metrics table for one or two models, adapter folders)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_causal_lm, positive_fraction
-
 from ple_trl import cli
 from ple_trl.scripts.eval import main as eval_main
 from ple_trl.scripts.launch import recipe_path
 from ple_trl.scripts.ple import parse_args
+from ple_trl.testing import build_tiny_causal_lm
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = recipe_path("tldr")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-PROMPTS = ["write a review of the movie", "tell me about your day", "what is the weather", "tell me a story"]
+from helpers import OFFLINE_ENV, positive_fraction
+
+TLDR_RECIPE = recipe_path("tldr")
+CLI_PROMPTS = ["write a review of the movie", "tell me about your day", "what is the weather", "tell me a story"]
 
 
 def ple_trl_command():
@@ -28,12 +26,12 @@ def ple_trl_command():
     return [str(script)] if script.exists() else [sys.executable, "-m", "ple_trl.cli"]
 
 
-def run_cli(*args):
-    return subprocess.run([*ple_trl_command(), *args], capture_output=True, text=True, env=ENV, timeout=300)
+def run_console_script(*args):
+    return subprocess.run([*ple_trl_command(), *args], capture_output=True, text=True, env=OFFLINE_ENV, timeout=300)
 
 
 def test_help_lists_the_commands():
-    result = run_cli("--help")
+    result = run_console_script("--help")
     assert result.returncode == 0, result.stderr
     for command in ("train", "eval", "demo", "plot"):
         assert f"    {command} " in result.stdout, command
@@ -55,18 +53,18 @@ def test_help_plot_and_argument_errors_import_no_heavy_module():
         "from ple_trl import PLEConfig, PLETrainer, spa\n"
         "print('LAZY', PLEConfig.__module__, PLETrainer.__module__, spa.__name__, 'torch' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=OFFLINE_ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith(("HEAVY", "LAZY"))]
     assert lines == ["HEAVY []", "LAZY ple_trl.ple.config ple_trl.ple.trainer ple_trl.spa True"]
 
 
 def test_train_and_eval_help_show_their_flags():
-    train = run_cli("train", "--help")
+    train = run_console_script("train", "--help")
     assert train.returncode == 0, train.stderr
     assert train.stdout.startswith("usage: ple-trl train")
     assert "--reward_funcs" in train.stdout and "--sft_dataset_name" in train.stdout and "--tau0" in train.stdout
-    evaluation = run_cli("eval", "--help")
+    evaluation = run_console_script("eval", "--help")
     assert evaluation.returncode == 0, evaluation.stderr
     for flag in ("--model_b_name_or_path", "--num_prompts", "--max_new_tokens", "--reward_model_name_or_path",
                  "--reward_funcs", "--reference_column"):  # fmt: skip
@@ -82,8 +80,8 @@ def test_unknown_command_is_an_error(capsys):
 
 def test_recipe_as_first_argument_equals_config_flag():
     overrides = ["--model_name_or_path", "my/model", "--tau0", "0.5", "--bf16", "False"]
-    positional = parse_args([RECIPE, *overrides])
-    flagged = parse_args(["--config", RECIPE, *overrides])
+    positional = parse_args([TLDR_RECIPE, *overrides])
+    flagged = parse_args(["--config", TLDR_RECIPE, *overrides])
     assert positional == flagged
     script_args, training_args, model_args = positional
     # The command line overrides the recipe; the rest comes from the recipe.
@@ -96,12 +94,12 @@ def test_recipe_as_first_argument_equals_config_flag():
 @pytest.mark.slow
 def test_train_command_runs(tmp_path, tiny_model_path, tiny_reward_model_path):
     data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in CLI_PROMPTS))
     output_dir = tmp_path / "out"
     status = cli.main(
         [
             "train",
-            RECIPE,
+            TLDR_RECIPE,
             "--model_name_or_path",
             tiny_model_path,
             "--dataset_name",
@@ -111,7 +109,7 @@ def test_train_command_runs(tmp_path, tiny_model_path, tiny_reward_model_path):
             "--reward_model_name_or_path",
             tiny_reward_model_path,
             "--reward_funcs",
-            "conftest.positivity_reward",
+            "helpers.positivity_reward",
             "--output_dir",
             str(output_dir),
             "--max_steps",
@@ -138,7 +136,7 @@ def test_train_command_runs(tmp_path, tiny_model_path, tiny_reward_model_path):
     )
     assert status == 0
     labels = [json.loads(line) for line in (output_dir / "enhanced_labels.jsonl").read_text().splitlines()]
-    assert {label["prompt"] for label in labels} <= set(PROMPTS)
+    assert {label["prompt"] for label in labels} <= set(CLI_PROMPTS)
     adapter = json.loads((output_dir / "adapter_config.json").read_text())
     assert adapter["r"] == 8  # the recipe's LoRA, kept
     assert not (output_dir / "sft").exists()  # `--sft_steps 0` switched the recipe's SFT stage off
@@ -150,27 +148,27 @@ def second_model_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def prompt_file(tmp_path_factory):
+def question_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("eval-data") / "prompts.jsonl"
-    rows = [{"question": p, "completion": "it was good"} for p in PROMPTS]
+    rows = [{"question": p, "completion": "it was good"} for p in CLI_PROMPTS]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return str(path)
 
 
-def eval_args(model, prompt_file, output_json, *extra):
+def eval_args(model, question_file, output_json, *extra):
     return [
-        "eval", "--model_name_or_path", model, "--dataset_name", prompt_file, "--dataset_split", "train",
+        "eval", "--model_name_or_path", model, "--dataset_name", question_file, "--dataset_split", "train",
         "--prompt_column", "question", "--num_prompts", "3", "--max_new_tokens", "5",
         "--output_json", str(output_json), *extra,
     ]  # fmt: skip
 
 
-def test_eval_two_models(tmp_path, capsys, tiny_model_path, second_model_path, tiny_reward_model_path, prompt_file):
+def test_eval_two_models(tmp_path, capsys, tiny_model_path, second_model_path, tiny_reward_model_path, question_file):
     output = tmp_path / "results.json"
     status = cli.main(
         eval_args(
             tiny_model_path,
-            prompt_file,
+            question_file,
             output,
             "--model_b_name_or_path",
             second_model_path,
@@ -179,7 +177,7 @@ def test_eval_two_models(tmp_path, capsys, tiny_model_path, second_model_path, t
             "--reward_model_name_or_path",
             tiny_reward_model_path,
             "--reward_funcs",
-            "conftest.positivity_reward",
+            "helpers.positivity_reward",
         )  # fmt: skip
     )
     assert status == 0
@@ -187,7 +185,7 @@ def test_eval_two_models(tmp_path, capsys, tiny_model_path, second_model_path, t
     for row in ("reward/tiny-reward-model", "reward/positivity_reward", "bleu", "perplexity", "win_rate/"):
         assert row in table, row
     results = json.loads(output.read_text())
-    assert results["prompts"] == PROMPTS[:3]
+    assert results["prompts"] == CLI_PROMPTS[:3]
     for name in (tiny_model_path, second_model_path):
         answers = results["answers"][name]
         assert len(answers) == 3
@@ -217,7 +215,7 @@ def greedy_answers_by_hand(model, tokenizer, prompts, max_new_tokens):
     return answers
 
 
-def test_eval_loads_an_adapter_folder(tmp_path, tiny_model_path, prompt_file):
+def test_eval_loads_an_adapter_folder(tmp_path, tiny_model_path, question_file):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -235,11 +233,11 @@ def test_eval_loads_an_adapter_folder(tmp_path, tiny_model_path, prompt_file):
     model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     assert not (adapter_dir / "config.json").exists()
-    results = eval_main(eval_args(str(adapter_dir), prompt_file, tmp_path / "a.json", "--no_perplexity", "True")[1:])
+    results = eval_main(eval_args(str(adapter_dir), question_file, tmp_path / "a.json", "--no_perplexity", "True")[1:])
     # The answers of the adapter applied to its base, computed here from the model in memory, not from the folder.
-    expected = greedy_answers_by_hand(model, tokenizer, PROMPTS[:3], max_new_tokens=5)
+    expected = greedy_answers_by_hand(model, tokenizer, CLI_PROMPTS[:3], max_new_tokens=5)
     with model.disable_adapter():
-        base = greedy_answers_by_hand(model, tokenizer, PROMPTS[:3], max_new_tokens=5)
+        base = greedy_answers_by_hand(model, tokenizer, CLI_PROMPTS[:3], max_new_tokens=5)
     assert expected != base  # the test tells the adapter's answers from the base model's
     assert results["answers"][str(adapter_dir)] == expected
     assert "perplexity" not in results["models"][str(adapter_dir)]

@@ -13,15 +13,20 @@ from ple_trl import cli
 from ple_trl.plotting import load_curves
 from ple_trl.rewards import load_reward_func, resolve_reward_funcs
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-ENV.pop("PLE_TRL_DEBUG", None)
-ENV["PYTHONPATH"] = os.pathsep.join([str(Path(cli.__file__).resolve().parents[1]), ENV.get("PYTHONPATH", "")])
+from helpers import OFFLINE_ENV
+
+# `python -m ple_trl.cli` without the debug switch, importing this checkout's package.
+MODULE_ENV = dict(OFFLINE_ENV)
+MODULE_ENV.pop("PLE_TRL_DEBUG", None)
+MODULE_ENV["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(cli.__file__).resolve().parents[1]), MODULE_ENV.get("PYTHONPATH", "")]
+)
 
 
-def run_cli(*args, cwd=None, **env):
+def run_cli_module(*args, cwd=None, **env):
     return subprocess.run(
         [sys.executable, "-m", "ple_trl.cli", *args],
-        capture_output=True, text=True, env={**ENV, **env}, cwd=cwd, timeout=300,
+        capture_output=True, text=True, env={**MODULE_ENV, **env}, cwd=cwd, timeout=300,
     )  # fmt: skip
 
 
@@ -40,10 +45,10 @@ def not_json(tmp_path):
 
 
 def test_plot_on_a_file_that_is_not_json(not_json):
-    result = run_cli("plot", str(not_json))
+    result = run_cli_module("plot", str(not_json))
     assert_one_message(result, "plot", f"`{not_json}` is not a `trainer_state.json`: it is not JSON")
     assert "Pass a run's `output_dir`" in result.stderr
-    debug = run_cli("--debug", "plot", str(not_json))
+    debug = run_cli_module("--debug", "plot", str(not_json))
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "ValueError" in debug.stderr
 
@@ -57,16 +62,16 @@ def test_plot_on_json_that_is_not_a_trainer_state(tmp_path):
 
 def test_train_with_a_bad_config_value(tmp_path):
     args = ["train", "--model_name_or_path", "m", "--tau0", "-1", "--output_dir", str(tmp_path), "--use_cpu", "True"]
-    result = run_cli(*args)
+    result = run_cli_module(*args)
     assert_one_message(result, "train", "`tau0=-1.0` must be >= 0")
-    debug = run_cli(*args, PLE_TRL_DEBUG="1")
+    debug = run_cli_module(*args, PLE_TRL_DEBUG="1")
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "`tau0=-1.0` must be >= 0" in debug.stderr
 
 
 def test_train_with_a_dataset_path_that_does_not_exist(tmp_path):
     missing = tmp_path / "no_such_dir" / "prompts.jsonl"
-    result = run_cli(
+    result = run_cli_module(
         "train", "--model_name_or_path", "m", "--dataset_name", str(missing), "--reward_funcs", "vader_sentiment",
         "--principle", "be kind", "--output_dir", str(tmp_path), "--use_cpu", "True",
     )  # fmt: skip
@@ -76,7 +81,7 @@ def test_train_with_a_dataset_path_that_does_not_exist(tmp_path):
 def test_train_with_a_recipe_that_is_a_list(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("- a\n- b\n")
-    result = run_cli("train", "--config", str(recipe))
+    result = run_cli_module("train", "--config", str(recipe))
     assert_one_message(result, "train", f"`--config {recipe}`: the recipe is a YAML list, not a mapping")
     assert "Write one `argument: value` line per argument" in result.stderr
 
@@ -84,7 +89,7 @@ def test_train_with_a_recipe_that_is_a_list(tmp_path):
 def test_train_with_a_recipe_that_is_not_yaml(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("a: [1, 2\nb: 3\n")
-    result = run_cli("train", str(recipe))  # the recipe as first argument, as in `ple-trl train hh`
+    result = run_cli_module("train", str(recipe))  # the recipe as first argument, as in `ple-trl train hh`
     assert_one_message(result, "train", f"`--config {recipe}`: the recipe is not valid YAML")
     assert "(line 2, column 2)" in result.stderr and "Fix the syntax there" in result.stderr
 
@@ -93,7 +98,7 @@ def test_train_with_a_recipe_that_is_not_yaml(tmp_path):
 def test_train_with_an_empty_jsonl_dataset(tmp_path, content):
     dataset = tmp_path / "prompts.jsonl"
     dataset.write_text(content)
-    result = run_cli(
+    result = run_cli_module(
         "train", "--model_name_or_path", "m", "--dataset_name", str(dataset), "--reward_funcs", "vader_sentiment",
         "--principle", "be kind", "--output_dir", str(tmp_path), "--use_cpu", "True",
     )  # fmt: skip
@@ -105,7 +110,7 @@ def test_train_with_an_empty_jsonl_dataset(tmp_path, content):
 def test_eval_with_a_model_path_that_does_not_exist(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Hello"}\n')
-    result = run_cli(
+    result = run_cli_module(
         "eval", "--model_name_or_path", "./no-such-dir", "--dataset_name", str(prompts), "--dataset_split", "train",
         cwd=tmp_path,
     )  # fmt: skip
@@ -128,7 +133,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         cli.main(["plot", "x"])
 
 
-# --- item 20: `--reward_funcs` never changes sys.path ----------------------------------------------------------------
+# --- `--reward_funcs` never changes sys.path --------------------------------------------------------------------
 
 SHADOW = "def rgb_to_hsv(r, g, b):\n    return 'shadowed'\n"
 REWARDS = "def my_reward(completions, **kwargs):\n    return [float(len(c)) for c in completions]\n"
@@ -193,6 +198,6 @@ def test_train_with_the_implicit_reward_and_no_stage_to_be_pi_init(tmp_path, tin
     principle = [] if "spa" in flags else ["--principle", "be kind"]
     args = ["train", "--model_name_or_path", tiny_model_path, "--dataset_name", str(prompts), "--output_dir",
             str(tmp_path / "out"), "--use_cpu", "True", *principle, *flags]  # fmt: skip
-    result = run_cli(*args)
+    result = run_cli_module(*args)
     assert_one_message(result, "train", f"`{flags[0]} {flags[1]}` scores answers with the implicit reward")
     assert f"every reward would be exactly 0. {stages}" in result.stderr

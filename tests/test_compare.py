@@ -7,20 +7,20 @@ import os
 import subprocess
 import sys
 from functools import partial
-from pathlib import Path
 
 import pytest
 
 import ple_trl
 from ple_trl import evaluation
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "compare.py"
+from helpers import BENCHMARKS, SRC
+
+COMPARE_SCRIPT = BENCHMARKS / "compare.py"
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("compare", SCRIPT)
+    spec = importlib.util.spec_from_file_location("compare", COMPARE_SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,17 +33,18 @@ def test_text_statistics_come_from_the_package(compare):
         assert not hasattr(compare, name), name
 
 
-def _run(args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+def run_compare(args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     env.update(HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=900)
+    command = [sys.executable, str(COMPARE_SCRIPT), *args]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout
 
 
 def test_quick_runs_every_method_and_resumes(compare, tiny_model_path, tmp_path):
     out = tmp_path / "cmp"
-    stdout = _run(["--quick", "--model", tiny_model_path, "--output_dir", str(out)])
+    stdout = run_compare(["--quick", "--model", tiny_model_path, "--output_dir", str(out)])
     has_spa = hasattr(ple_trl, "SPATrainer")
     methods = [m for m in compare.METHODS if m != "spa" or has_spa]
     if not has_spa:
@@ -82,7 +83,7 @@ def test_quick_runs_every_method_and_resumes(compare, tiny_model_path, tmp_path)
     assert f"({len(files)} cells run, 0 reused)" in stdout
 
     mtimes = [f.stat().st_mtime_ns for f in files]
-    stdout = _run(["--quick", "--model", tiny_model_path, "--output_dir", str(out)])
+    stdout = run_compare(["--quick", "--model", tiny_model_path, "--output_dir", str(out)])
     assert f"(0 cells run, {len(files)} reused)" in stdout
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
@@ -98,7 +99,7 @@ def test_quick_runs_every_method_and_resumes(compare, tiny_model_path, tmp_path)
 
     # --table_only trains nothing and loads no model: the same table from the files.
     (out / "results.md").unlink()
-    stdout = _run(["--quick", "--model", tiny_model_path, "--output_dir", str(out), "--table_only"])
+    stdout = run_compare(["--quick", "--model", tiny_model_path, "--output_dir", str(out), "--table_only"])
     assert f"(0 cells run, {len(files)} reused)" in stdout
     assert f"[added] semantic relevance to {old}" in stdout
     assert [f.stat().st_mtime_ns for f in files if f != old] == [m for f, m in zip(files, mtimes) if f != old]
@@ -111,7 +112,7 @@ def test_quick_runs_every_method_and_resumes(compare, tiny_model_path, tmp_path)
 def test_quick_curve_at_a_quarter_and_a_half_of_the_answers(compare, tiny_model_path, tmp_path):
     # Explicit flags win over --quick's: 4 steps x 2 prompts = 16 answers, measured after 4 and 8 (steps 1 and 2).
     out = tmp_path / "curve"
-    _run(["--quick", "--model", tiny_model_path, "--output_dir", str(out), "--steps", "4", "--tasks", "warm",
+    run_compare(["--quick", "--model", tiny_model_path, "--output_dir", str(out), "--steps", "4", "--tasks", "warm",
           "--methods", "grpo_g4,sdft,raft"])  # fmt: skip
     for method in ("grpo_g4", "sdft", "raft"):
         (cell,) = (out / "warm" / method).glob("*.json")
@@ -166,7 +167,7 @@ def test_bracket_runs_the_next_rate_when_the_best_is_the_largest(tiny_model_path
     # One rate is the largest run, so it is bracketed; on the tiny model every rate scores the same training reward
     # and the tie goes to the smaller rate, which is not the largest: one step up and done.
     out = tmp_path / "bracket"
-    stdout = _run(["--quick", "--model", tiny_model_path, "--output_dir", str(out), "--tasks", "warm",
+    stdout = run_compare(["--quick", "--model", tiny_model_path, "--output_dir", str(out), "--tasks", "warm",
                    "--methods", "grpo", "--lrs", "1e-4", "--bracket"])  # fmt: skip
     assert "[bracket] warm grpo: its best rate 0.0001 is the largest run: running 0.0003." in stdout
     assert sorted(p.name for p in (out / "warm" / "grpo").glob("*.json")) == [
@@ -231,7 +232,7 @@ def test_selection_rule_excludes_rates_that_lose_diversity_or_relevance(compare)
     assert [row[:2] for row in rows] == [["base", "1"], ["ple (lr 0.0001, default)", "2"]]
     assert rows[1][2] == "+0.400 ± 0.141"  # the reward column: mean ± stdev of 0.5 and 0.3
 
-    # Without the constraints the old rule (highest reward) would have picked 6e-4: the rule is what decides.
+    # Without the constraints the highest reward alone would pick 6e-4: the rule is what decides.
     loose = [r for r in records if r["lr"] != 1e-4 and r["lr"] != 3e-4]
     assert compare.select_rates(loose)[("warm", "ple")].lr == 6e-4
     assert compare.select_rates(loose)[("warm", "ple")].passed is False

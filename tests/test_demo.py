@@ -18,7 +18,8 @@ from ple_trl.tasks import load_prompts as load_demo_prompts
 from ple_trl.evaluation import distinct_2, distinct_answers, relevance
 from ple_trl.rewards import completion_text, profanity_penalty, vader_sentiment
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from helpers import PNG_SIGNATURE
+
 PLE_METRICS = (
     "ple/tau", "ple/rank_fraction", "ple/reward_plain", "ple/reward_principled", "ple/reward_gap",
     "ple/sft_weight_principled", "ple/loss_rank", "ple/loss_wsft", "ple/skipped_pairs",
@@ -352,13 +353,14 @@ def test_before_after_table_shows_before_after_and_change():
     assert rows["plain prompt: distinct-2"][-3:] == ["0.62", "0.31", "-0.31"]
     assert rows["plain prompt: distinct answers"][-3:] == ["59/64", "50/64", "-9"]
     assert rows["principled prompt: reward"][-3:] == ["+0.300", "-", "-"]  # not measured after: shown as such
-    # A results file from before the text statistics existed still renders, with `-` for them.
-    old = before_after_table({
+    # A results file without the text statistics renders, with `-` for them.
+    without_statistics = before_after_table({
         "before": {"plain": measured(0.1, 0.4), "principled": measured(0.3, 0.7)},
         "after": {"plain": measured(0.45, 0.8)},
         "settings": {"num_heldout": 64, "max_completion_length": 24},
     })  # fmt: skip
-    relevance_row = next(line for line in old.splitlines() if line.startswith("plain prompt: relevance"))
+    lines = without_statistics.splitlines()
+    relevance_row = next(line for line in lines if line.startswith("plain prompt: relevance"))
     assert relevance_row.split()[-3:] == ["-", "-", "-"]
 
 

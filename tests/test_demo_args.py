@@ -1,11 +1,13 @@
-"""`ple-trl demo`'s arguments: one dataclass holds the defaults, parsed like `train`/`eval`, old spellings kept."""
+"""`ple-trl demo`'s arguments: one dataclass holds the defaults (SPA's seed stage included), parsed like
+`train`/`eval`, the dashed spellings accepted too, and bad values refused early."""
 
 import dataclasses
 import os
 
 import pytest
 
-from ple_trl.demo.arguments import DemoArguments, build_parser
+from ple_trl.demo.arguments import METHODS, DemoArguments, build_parser
+from ple_trl.tasks import load_spa_seed
 
 
 def parse(argv):
@@ -26,18 +28,19 @@ def test_parser_defaults_are_the_dataclass_defaults():
     assert args.threads == max(1, (os.cpu_count() or 2) // 2) and args.plot and not args.quiet
 
 
-def test_train_style_flags_and_the_old_dashed_spellings_parse_alike():
-    new = parse([
+def test_train_style_flags_and_the_dashed_spellings_parse_alike():
+    underscored = parse([
         "--output_dir", "runs/a", "--num_heldout", "8", "--batch_size", "2", "--max_completion_length", "6",
         "--steps_per_iteration", "1", "--num_train_prompts", "12", "--measure_principled_after", "--quiet",
     ])  # fmt: skip
-    old = parse([
+    dashed = parse([
         "--output-dir", "runs/a", "--num-heldout", "8", "--batch-size", "2", "--max-completion-length", "6",
         "--steps-per-iteration", "1", "--num-train-prompts", "12", "--measure-principled-after", "--quiet",
     ])  # fmt: skip
-    assert new == old
-    assert (new.output_dir, new.num_heldout, new.batch_size, new.num_train_prompts) == ("runs/a", 8, 2, 12)
-    assert new.measure_principled_after is True and new.quiet is True
+    assert underscored == dashed
+    args = underscored
+    assert (args.output_dir, args.num_heldout, args.batch_size, args.num_train_prompts) == ("runs/a", 8, 2, 12)
+    assert args.measure_principled_after is True and args.quiet is True
     assert parse(["--no_plot"]).plot is False
 
 
@@ -73,3 +76,48 @@ def test_run_demo_sets_keyword_arguments_over_given_arguments(monkeypatch):
     with pytest.raises(RuntimeError, match="stop after load"):
         demo.run_demo(DemoArguments(steps=3, seed=5, threads=1), seed=7)
     assert dataclasses.astuple(seen[0]) == dataclasses.astuple(DemoArguments(steps=3, seed=7, threads=1))
+
+
+# --- `--method spa` -------------------------------------------------------------------------------------------------
+
+
+def test_spa_fields_default_to_one_pass_over_the_seed_set():
+    args = DemoArguments()
+    assert args.method == "ple" and METHODS == ("ple", "spa")
+    assert (args.seed_steps, args.seed_batch_size, args.seed_learning_rate) == (9, 4, 5e-4)
+    assert args.seed_steps * args.seed_batch_size == len(load_spa_seed()) == 36
+
+
+def test_spa_flags_parse_in_both_spellings():
+    underscored = parse(
+        ["--method", "spa", "--seed_steps", "2", "--seed_batch_size", "3", "--seed_learning_rate", "0.001"]
+    )
+    dashed = parse(["--method", "spa", "--seed-steps", "2", "--seed-batch-size", "3", "--seed-learning-rate", "0.001"])
+    assert underscored == dashed
+    assert (dashed.method, dashed.seed_steps, dashed.seed_batch_size, dashed.seed_learning_rate) == (
+        "spa", 2, 3, 0.001
+    )  # fmt: skip
+
+
+def test_unknown_method_is_refused_by_the_parser_and_the_dataclass(capsys):
+    with pytest.raises(SystemExit):
+        parse(["--method", "dpo"])
+    assert "invalid choice: 'dpo'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"`method='dpo'` is not a demo method; use one of \('ple', 'spa'\)"):
+        DemoArguments(method="dpo")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(seed_steps=0), "`seed_steps=0` must be an integer >= 1"),
+        (dict(seed_batch_size=0), "`seed_batch_size=0` must be an integer >= 1"),
+        (dict(seed_learning_rate=0.0), r"`seed_learning_rate=0.0` must be > 0 \(the demo uses 0.0005\)"),
+    ],
+)
+def test_bad_seed_arguments_fail_when_parsed(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DemoArguments(**kwargs)
+    flag, value = next(iter(kwargs.items()))
+    with pytest.raises(ValueError, match=match):
+        parse([f"--{flag.replace('_', '-')}", str(value)])

@@ -9,11 +9,10 @@ import ast
 import io
 import re
 import tokenize
-from pathlib import Path
-
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from helpers import SRC
+
 PRAGMA = "# device-agnostic: ok"
 
 CUDA_PATTERNS = {

@@ -11,7 +11,7 @@ from ple_trl import evaluation
 from ple_trl.evaluation import evaluate_models, format_table, generate_answers, load_causal_lm
 from ple_trl.scripts.eval import main as eval_main
 
-PROMPTS = ["write a review of the movie", "tell me about your day", "what is the weather"]
+EVAL_PROMPTS = ["write a review of the movie", "tell me about your day", "what is the weather"]
 
 
 @pytest.fixture
@@ -41,9 +41,9 @@ def template_ids(tokenizer, prompt):
 
 def test_text_prompts_reach_a_chat_model_through_its_template(tiny_model_path, generate_calls):
     model, tokenizer = load_causal_lm(tiny_model_path)
-    answers = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=3, batch_size=2)
+    answers = generate_answers(model, tokenizer, EVAL_PROMPTS, max_new_tokens=3, batch_size=2)
     seen = [ids for prompt_ids, _, _ in generate_calls for ids in prompt_ids]
-    assert seen == [template_ids(tokenizer, prompt) for prompt in PROMPTS]
+    assert seen == [template_ids(tokenizer, prompt) for prompt in EVAL_PROMPTS]
     tokens = tokenizer.convert_ids_to_tokens(seen[0])
     assert tokens[0] == "<user>" and tokens[-1] == "<assistant>"
     # Each answer is the decoded new tokens only: no prompt, no special tokens.
@@ -54,21 +54,21 @@ def test_text_prompts_reach_a_chat_model_through_its_template(tiny_model_path, g
     # mode back.
     generate_calls.clear()
     model.train()
-    generate_answers(model, tokenizer, PROMPTS[:1], max_new_tokens=3)
+    generate_answers(model, tokenizer, EVAL_PROMPTS[:1], max_new_tokens=3)
     assert [training for _, _, training in generate_calls] == [False]
     assert model.training
 
     generate_calls.clear()
-    generate_answers(model, tokenizer, PROMPTS[:1], max_new_tokens=3, chat_template="off")
-    assert generate_calls[0][0] == [tokenizer(PROMPTS[0])["input_ids"]]  # raw text, as a base model gets it
+    generate_answers(model, tokenizer, EVAL_PROMPTS[:1], max_new_tokens=3, chat_template="off")
+    assert generate_calls[0][0] == [tokenizer(EVAL_PROMPTS[0])["input_ids"]]  # raw text, as a base model gets it
 
 
 def test_conversations_and_chat_template_choices(tiny_model_path, generate_calls):
     model, tokenizer = load_causal_lm(tiny_model_path)
-    chats = [[{"role": "user", "content": prompt}] for prompt in PROMPTS[:2]]
-    expected_prompt_ids = [template_ids(tokenizer, prompt) for prompt in PROMPTS[:2]]
+    chats = [[{"role": "user", "content": prompt}] for prompt in EVAL_PROMPTS[:2]]
+    expected_prompt_ids = [template_ids(tokenizer, prompt) for prompt in EVAL_PROMPTS[:2]]
     # A conversation, and the same request as text with the template on, reach the model as the template's ids.
-    for prompts, chat_template in ((chats, "auto"), (PROMPTS[:2], "on")):
+    for prompts, chat_template in ((chats, "auto"), (EVAL_PROMPTS[:2], "on")):
         generate_calls.clear()
         answers = generate_answers(model, tokenizer, prompts, max_new_tokens=3, chat_template=chat_template)
         [(prompt_ids, new_ids, _)] = generate_calls
@@ -83,17 +83,17 @@ def test_conversations_and_chat_template_choices(tiny_model_path, generate_calls
     with pytest.raises(ValueError, match="must be one of"):
         generate_answers(model, tokenizer, chats, chat_template="yes")
     with pytest.raises(ValueError, match="mix text and conversations"):
-        generate_answers(model, tokenizer, [PROMPTS[0], chats[0]])
+        generate_answers(model, tokenizer, [EVAL_PROMPTS[0], chats[0]])
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="has no chat template"):
-        generate_answers(model, tokenizer, PROMPTS[:1], chat_template="on")
-    assert len(generate_answers(model, tokenizer, PROMPTS[:1], max_new_tokens=2)) == 1  # auto: raw text
+        generate_answers(model, tokenizer, EVAL_PROMPTS[:1], chat_template="on")
+    assert len(generate_answers(model, tokenizer, EVAL_PROMPTS[:1], max_new_tokens=2)) == 1  # auto: raw text
 
 
 @pytest.fixture(scope="module")
 def prompt_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("eval-prompts") / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": prompt}) + "\n" for prompt in PROMPTS))
+    path.write_text("".join(json.dumps({"prompt": prompt}) + "\n" for prompt in EVAL_PROMPTS))
     return str(path)
 
 
@@ -105,12 +105,12 @@ def eval_argv(model, prompt_file, *extra):
 def test_eval_gives_chat_models_their_template(tiny_model_path, prompt_file, generate_calls):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     results = eval_main(eval_argv(tiny_model_path, prompt_file))
-    assert generate_calls[0][0] == [template_ids(tokenizer, prompt) for prompt in PROMPTS[:2]]
-    assert results["prompts"] == PROMPTS[:2]  # the reward still sees the plain text prompt
+    assert generate_calls[0][0] == [template_ids(tokenizer, prompt) for prompt in EVAL_PROMPTS[:2]]
+    assert results["prompts"] == EVAL_PROMPTS[:2]  # the reward still sees the plain text prompt
 
     generate_calls.clear()
     eval_main(eval_argv(tiny_model_path, prompt_file, "--chat_template", "off"))
-    assert generate_calls[0][0] == [tokenizer(prompt)["input_ids"] for prompt in PROMPTS[:2]]
+    assert generate_calls[0][0] == [tokenizer(prompt)["input_ids"] for prompt in EVAL_PROMPTS[:2]]
 
 
 def test_eval_scores_the_answer_when_the_reward_model_is_short(
@@ -133,7 +133,7 @@ def test_eval_scores_the_answer_when_the_reward_model_is_short(
         with torch.no_grad():
             return model(input_ids=torch.tensor([ids])).logits[0, 0].item()
 
-    texts = [tokenizer(prompt + answer, add_special_tokens=False)["input_ids"] for prompt in PROMPTS[:2]]
+    texts = [tokenizer(prompt + answer, add_special_tokens=False)["input_ids"] for prompt in EVAL_PROMPTS[:2]]
     answer_scores = [score(ids[-4:]) for ids in texts]
     assert all(ids[-4:] == tokenizer(answer, add_special_tokens=False)["input_ids"] for ids in texts)
     assert results["models"][tiny_model_path]["reward/short-rm"] == pytest.approx(sum(answer_scores) / 2, abs=1e-5)
@@ -143,19 +143,19 @@ def test_eval_scores_the_answer_when_the_reward_model_is_short(
 
 def test_evaluate_models_refuses_bad_input_before_loading_anything():
     with pytest.raises(ValueError, match="same"):
-        evaluate_models(["m", "m"], PROMPTS)
+        evaluate_models(["m", "m"], EVAL_PROMPTS)
     with pytest.raises(ValueError, match="`prompts` is empty"):
         evaluate_models(["m"], [])
     with pytest.raises(ValueError, match="1 references for 3 prompts"):
-        evaluate_models(["m"], PROMPTS, references=["x"])
+        evaluate_models(["m"], EVAL_PROMPTS, references=["x"])
 
     def reward(prompts, completions, **kwargs):
         return [0.0] * len(completions)
 
     with pytest.raises(ValueError, match="Two rewards are named 'reward'"):
-        evaluate_models(["m"], PROMPTS, rewards=[reward, reward])
+        evaluate_models(["m"], EVAL_PROMPTS, rewards=[reward, reward])
     with pytest.raises(ValueError, match="not callable"):
-        evaluate_models(["m"], PROMPTS, rewards={"r": "path/to/model"})
+        evaluate_models(["m"], EVAL_PROMPTS, rewards={"r": "path/to/model"})
 
 
 def test_format_table_aligns_columns_by_hand():

@@ -8,7 +8,6 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from datasets import Dataset
@@ -16,21 +15,21 @@ from datasets import Dataset
 from ple_trl.rewards import RewardModelScorer
 from ple_trl.scripts.ple import PLEScriptArguments, parse_args
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "scripts" / "ple.py"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+from helpers import OFFLINE_ENV, REPO_ROOT
+
+EXAMPLE_SCRIPT = REPO_ROOT / "examples" / "scripts" / "ple.py"
 
 
 def usage_commands():
     """The bash commands of the script's docstring, line continuations joined."""
-    docstring = ast.get_docstring(ast.parse(SCRIPT.read_text()))
+    docstring = ast.get_docstring(ast.parse(EXAMPLE_SCRIPT.read_text()))
     blocks = re.findall(r"```bash\n(.*?)```", docstring, flags=re.S)
     return [shlex.split(block.replace("\\\n", " ")) for block in blocks]
 
 
 def test_help_lists_the_flags():
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, env=ENV, timeout=300
+        [sys.executable, str(EXAMPLE_SCRIPT), "--help"], capture_output=True, text=True, env=OFFLINE_ENV, timeout=300
     )
     assert result.returncode == 0, result.stderr
     for flag in [
@@ -50,7 +49,7 @@ def test_usage_block_commands_parse():
     assert launches
     assert launches[0][2:5] == ["--multi_gpu", "--num_processes", "8"]
     cwd = os.getcwd()
-    os.chdir(ROOT)  # the commands use paths relative to the repository
+    os.chdir(REPO_ROOT)  # the commands use paths relative to the repository
     try:
         for command in commands:
             argv = command[command.index("examples/scripts/ple.py") + 1 :]
@@ -86,14 +85,14 @@ def test_script_trains_a_full_model_from_csv(tmp_path, tiny_model_path):
     )
     output_dir = tmp_path / "out"
     command = [
-        sys.executable, str(SCRIPT),
+        sys.executable, str(EXAMPLE_SCRIPT),
         "--model_name_or_path", tiny_model_path, "--dataset_name", str(csv), "--prompt_column", "question",
         "--reward_funcs", "my_rewards.py:has_good", "--principle", "be positive",
         "--output_dir", str(output_dir), "--max_steps", "1", "--per_device_train_batch_size", "2",
         "--max_completion_length", "4", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
         "--bf16", "False", "--gradient_checkpointing", "False",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=600)
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=OFFLINE_ENV, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output_dir / "model.safetensors").exists() and not (output_dir / "adapter_config.json").exists()
     # The named reward (imported from the working directory) scored the answers, and PLE logged its round.

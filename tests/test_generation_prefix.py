@@ -3,6 +3,7 @@ generating every row from its own prompt, in PLETrainer and SPATrainer, with LoR
 prefix is not shared. Family by family: `tests/test_model_families.py`."""
 
 import logging
+import re
 
 import pytest
 import torch
@@ -15,9 +16,9 @@ from ple_trl import PLETrainer, SPAConfig, SPATrainer
 from ple_trl.pairs import prefix_sharing
 from ple_trl.pairs.prefix_sharing import common_prefix_lengths, prefill_shared_prefix, shared_prefix_layout
 
-from helpers import by_position, counting_prefix_prefills, make_args, tiny_args
+from helpers import NUMBERS, PAD, by_position, counting_prefix_prefills, make_args, tiny_args
 
-PAD = 0
+
 def history(number):
     """An earlier exchange, which the principle does not touch (it rewrites the last user turn). Its own number makes a
     cache row copied into the wrong pair change the answers. With the tiny chat template, `<role> content </s>` per
@@ -29,7 +30,6 @@ def history(number):
     ]
 
 
-NUMBERS = ["one", "two", "three", "four"]
 LAST_TURNS = ["write a review of the movie :", "what is the food ?", "how is the city ?", "tell me about your day :"]
 
 
@@ -126,17 +126,25 @@ def test_next_token_logits_and_greedy_answers_match_the_unshared_generation(attn
 
 def dialogue_dataset():
     return Dataset.from_dict(
-        {"prompt": [[*history(n), {"role": "user", "content": turn}] for n, turn in zip(NUMBERS, LAST_TURNS)]}
+        {"prompt": [[*history(n), {"role": "user", "content": turn}] for n, turn in zip(NUMBERS[:4], LAST_TURNS)]}
     )
 
 
-def first_round_answers(trainer):
-    """The answers of the first round, generated greedily, and the number of prefix prefills it ran."""
-    with counting_prefix_prefills() as calls:
-        output = trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(2)])
-    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-    assert "generate" not in model.__dict__  # the instance's `generate` is GRPO's again
-    return output["completion_ids"].tolist(), len(calls)
+def recording_by_position(answers):
+    """`by_position(0.0, 1.0)` that also records the token ids of every answer it scores, as `answers[round]`."""
+    score = by_position(0.0, 1.0)
+
+    def reward(prompts, completions, completion_ids, **kwargs):
+        answers.append(completion_ids)
+        return score(prompts, completions)
+
+    return reward
+
+
+def prompt_ids(tokenizer, prompts):
+    """The token ids of conversational prompts, as GRPO renders them for generation."""
+    rendered = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return rendered["input_ids"]
 
 
 @pytest.mark.parametrize("lora, checkpointing", [(False, False), (True, False), (True, True)],
@@ -144,29 +152,34 @@ def first_round_answers(trainer):
 def test_pletrainer_generates_the_same_answers_from_the_shared_prefix(
     tiny_model_path, tmp_path, caplog, lora, checkpointing
 ):
-    def make(shared):
+    def first_round(shared):
+        """The token ids of the first round's answers, generated greedily in a one-step run, and how many prefix
+        prefills the run ran."""
+        answers = []
         kwargs = {"peft_config": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])} if lora else {}
         args = make_args(
-            tmp_path,
+            tmp_path / f"shared-{shared}",
+            max_steps=1,
             generation_kwargs={"do_sample": False},
             gradient_checkpointing=checkpointing,
             share_prompt_prefix=None if shared else False,
         )
         trainer = PLETrainer(
-            model=AutoModelForCausalLM.from_pretrained(tiny_model_path), reward_funcs=by_position(0.0, 1.0),
+            model=AutoModelForCausalLM.from_pretrained(tiny_model_path), reward_funcs=recording_by_position(answers),
             train_dataset=dialogue_dataset(), args=args, **kwargs,
         )  # fmt: skip
-        trainer.model.train()  # generation in training mode, as in `train()`, which also turns checkpointing on
-        if checkpointing:
-            trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            assert trainer.model.is_gradient_checkpointing
-        return trainer
+        with counting_prefix_prefills() as prefills:
+            trainer.train()  # generation in training mode, with gradient checkpointing on where it is asked for
+        assert trainer.model.is_gradient_checkpointing == checkpointing
+        model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+        assert "generate" not in model.__dict__  # the instance's `generate` is GRPO's again
+        return answers[0], len(prefills)
 
     with caplog.at_level(logging.INFO, logger="ple_trl"):
-        shared_answers, prefills = first_round_answers(make(shared=True))
+        shared_answers, prefills = first_round(shared=True)
     assert prefills == 1
     assert "Generation runs each pair's common prompt prefix once (32 tokens per pair)" in caplog.text
-    unshared_answers, no_prefills = first_round_answers(make(shared=False))
+    unshared_answers, no_prefills = first_round(shared=False)
     assert no_prefills == 0
     assert shared_answers == unshared_answers
 
@@ -174,43 +187,67 @@ def test_pletrainer_generates_the_same_answers_from_the_shared_prefix(
 def test_spatrainer_shares_all_but_the_last_prompt_token(tiny_model_path, init_model_path, tmp_path):
     trainer = SPATrainer(
         model=tiny_model_path, ref_model=init_model_path, train_dataset=dialogue_dataset(),
-        args=tiny_args(tmp_path, SPAConfig, generation_kwargs={"do_sample": False}),
+        args=tiny_args(
+            tmp_path, SPAConfig, max_steps=1, shuffle_dataset=False, generation_kwargs={"do_sample": False}
+        ),
     )  # fmt: skip
-    prompt_ids = trainer._tokenize_prompts([row["prompt"] for row in trainer.train_dataset.select(range(2))] * 2)[0]
-    layout, reason = trainer._generation_prefix_plan(prompt_ids, None, {})
-    assert reason is None
-    assert layout.shared == [len(ids) - 1 for ids in prompt_ids[:2]]
+    with counting_prefix_prefills() as layouts:
+        trainer.train()
+    # The round's two pairs (the first two rows): each pair's two prompts are the same, shared but for the last token.
+    first_rows = prompt_ids(trainer.processing_class, dialogue_dataset()["prompt"][:2])
+    assert len(layouts) == 1 and layouts[0].shared == [len(ids) - 1 for ids in first_rows]
 
 
-def test_the_prefix_is_not_shared_where_it_cannot_hold_and_the_log_says_why(
-    tiny_model_path, tmp_path, caplog, monkeypatch
-):
+def test_the_prefix_is_not_shared_where_it_cannot_hold_and_the_log_says_why(tiny_model_path, tmp_path, caplog):
     short_pairs = Dataset.from_dict({"prompt": LAST_TURNS})  # plain text, principle first: no shared token
     trainer = PLETrainer(
         model=tiny_model_path, reward_funcs=by_position(0.0, 1.0), train_dataset=short_pairs, args=make_args(tmp_path)
     )
     with caplog.at_level(logging.INFO, logger="ple_trl"):
-        trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(2)])
-        trainer._generate_and_score_completions([trainer.train_dataset[i] for i in range(2, 4)])
+        trainer.train()  # 2 steps: 2 rounds
     assert caplog.text.count("no shared prefix") == 1  # once, not every round
     assert "a pair's two prompts differ from their first token" in caplog.text
 
-    prompt_ids = trainer._tokenize_prompts([row["prompt"] for row in dialogue_dataset().select(range(2))] * 2)[0]
-    assert trainer._generation_prefix_plan(prompt_ids, None, {})[1] is None
-    trainer.generation_config.repetition_penalty = 1.2
-    assert "repetition penalties" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
-    trainer.generation_config.repetition_penalty = 1.0
-    trainer.generation_config.cache_implementation = "static"
-    assert "cache_implementation='static'" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
-    trainer.generation_config.cache_implementation = None
-    trainer.generation_config.use_cache = False
-    assert "use_cache=False" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
-    trainer.generation_config.use_cache = True
-    trainer.generation_config.min_length = 40
-    assert "min_length" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
-    trainer.generation_config.min_length = 0
+
+@pytest.mark.parametrize(
+    "setting, reason",
+    [
+        ({"repetition_penalty": 1.2}, "repetition penalties"),
+        ({"cache_implementation": "static"}, "cache_implementation='static'"),
+        ({"generation_kwargs": {"use_cache": False}}, "use_cache=False"),
+        ({"generation_kwargs": {"min_length": 40}}, "min_length"),
+    ],
+)
+def test_generation_settings_that_read_the_padded_prompt_keep_it_unshared(tiny_model_path, tmp_path, setting, reason):
+    # As the trainer's generation config has them; a run that requires sharing is refused with the reason.
+    trainer_setting = PLETrainer(
+        model=tiny_model_path, reward_funcs=by_position(0.0, 1.0), train_dataset=dialogue_dataset(),
+        args=make_args(tmp_path, **setting),
+    )  # fmt: skip
+    assert reason in prefix_sharing.generation_settings_blocker(trainer_setting.generation_config)
+    with pytest.raises(ValueError, match=f"cannot run a pair's shared prompt once: {re.escape(reason)}"):
+        PLETrainer(
+            model=tiny_model_path, reward_funcs=by_position(0.0, 1.0), train_dataset=dialogue_dataset(),
+            args=make_args(tmp_path, share_prompt_prefix=True, **setting),
+        )  # fmt: skip
+
+
+def test_dialogue_pairs_are_shared_unless_too_short_or_the_attention_takes_no_mask(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    trainer = PLETrainer(
+        model=tiny_model_path, reward_funcs=by_position(0.0, 1.0), train_dataset=dialogue_dataset(),
+        args=make_args(tmp_path),
+    )  # fmt: skip
+    assert prefix_sharing.generation_settings_blocker(trainer.generation_config) is None
+    tokenizer = trainer.processing_class
+    round_ids = prompt_ids(tokenizer, dialogue_dataset()["prompt"][:2]) * 2  # SPA's round: the same prompts twice
+    layout, reason = prefix_sharing.plan_shared_prefix(round_ids, tokenizer.pad_token_id)
+    assert reason is None and layout.shared == [len(ids) - 1 for ids in round_ids[:2]]
     with monkeypatch.context() as patch:
         patch.setattr(prefix_sharing, "MIN_SHARED_TOKENS", 10**6)
-        assert "fewer than 1000000" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
-    trainer.accelerator.unwrap_model(trainer.model_wrapped).config._attn_implementation = "flash_attention_2"
-    assert "'flash_attention_2' takes no custom 4D mask" in trainer._generation_prefix_plan(prompt_ids, None, {})[1]
+        assert "fewer than 1000000" in prefix_sharing.plan_shared_prefix(round_ids, tokenizer.pad_token_id)[1]
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    assert prefix_sharing.prefix_sharing_blocker(model) is None
+    model.config._attn_implementation = "flash_attention_2"
+    assert "'flash_attention_2' takes no custom 4D mask" in prefix_sharing.prefix_sharing_blocker(model)

@@ -1,15 +1,14 @@
-"""The prepared GPU check (`benchmarks/gpu_check.sh`, issue 13): its dry run on the CPU runs every step and writes
+"""The prepared GPU check (`benchmarks/gpu_check.sh`): its dry run on the CPU runs every step and writes
 every result."""
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO_ROOT
 
 
 @pytest.mark.slow
@@ -17,7 +16,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     env.pop("PYTHONPATH", None)  # the script puts this checkout's src/ first itself
     result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--compare"], env=env, capture_output=True,
+        ["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--compare"], env=env, capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -44,7 +43,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
 def test_gpu_check_refuses_a_bad_time_limit_before_any_step(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "COMPARE_SECONDS": "7m"}
     result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--compare"], env=env, capture_output=True,
+        ["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--compare"], env=env, capture_output=True,
         text=True,
     )
     assert result.returncode == 2

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 from trl import GRPOConfig
 
 from ple_trl import PLEConfig, PLETrainer
-from ple_trl.pairs import completions
 from ple_trl.pairs.ledger import ledger_markdown
 from ple_trl.pairs.grpo_fields import GRPO_FIELDS_HONOURED, GRPO_FIELDS_IGNORED, GRPO_ONLY_FIELDS
 
-from helpers import PROMPTS, read_labels
-from helpers import make_args as tiny_make_args
+from helpers import PROMPTS, by_position, make_args, read_labels
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "grpo_config_fields.md"
 TRAINING_ARGUMENTS = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -25,8 +23,9 @@ PLE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PLEConfig)}
 TABLES = {"honoured": GRPO_FIELDS_HONOURED, "refused": GRPO_ONLY_FIELDS, "ignored": GRPO_FIELDS_IGNORED}
 
 
-def make_args(tmp_path, **kwargs):
-    return tiny_make_args(tmp_path, **{"max_completion_length": 4, **kwargs})
+def short_args(tmp_path, **kwargs):
+    """`helpers.make_args` with 4-token answers."""
+    return make_args(tmp_path, **{"max_completion_length": 4, **kwargs})
 
 
 def test_every_grpo_field_is_classified_exactly_once():
@@ -37,7 +36,7 @@ def test_every_grpo_field_is_classified_exactly_once():
         "GRPO_FIELDS_HONOURED, GRPO_ONLY_FIELDS or GRPO_FIELDS_IGNORED in src/ple_trl/pairs/grpo_fields.py, and "
         "regenerate docs/grpo_config_fields.md (python -m ple_trl.pairs.ledger)."
     )
-    assert sorted(set(classified) - set(GRPO_FIELDS)) == [], "classified fields that GRPOConfig no longer has"
+    assert sorted(set(classified) - set(GRPO_FIELDS)) == [], "classified fields that GRPOConfig does not have"
     duplicates = sorted({name for name in classified if classified.count(name) > 1})
     assert duplicates == [], f"fields in more than one table: {duplicates}"
     assert all(isinstance(text, str) and text for table in TABLES.values() for text in table.values())
@@ -73,12 +72,12 @@ def test_refused_fields_raise_naming_the_field_and_the_reason(tmp_path, name):
     value = non_default_value(name)
     assert value != PLE_DEFAULTS[name]
     with pytest.raises(ValueError, match=re.escape(f"`{name}={value!r}`")) as error:
-        make_args(tmp_path, **{name: value})
+        short_args(tmp_path, **{name: value})
     assert GRPO_ONLY_FIELDS[name] in str(error.value)
 
 
 def test_refused_fields_accept_their_default(tmp_path):
-    args = make_args(tmp_path, **{name: PLE_DEFAULTS[name] for name in GRPO_ONLY_FIELDS})
+    args = short_args(tmp_path, **{name: PLE_DEFAULTS[name] for name in GRPO_ONLY_FIELDS})
     assert args.ref_model_sync_steps == GRPOConfig.ref_model_sync_steps
 
 
@@ -99,15 +98,10 @@ def test_the_doc_is_the_ledger_written_from_the_tables():
 @pytest.mark.parametrize("num_iterations", [1, 2])
 def test_num_iterations_reuses_each_round(tmp_path, tiny_model_path, num_iterations):
     """`num_iterations` passes over a round's pairs: 2 optimizer steps take 2 rounds, or 1 round trained twice."""
-
-    def by_position(completions, **kwargs):  # plain answers first, principled second
-        half = len(completions) // 2
-        return [0.0] * half + [1.0] * half
-
     trainer = PLETrainer(
         model=tiny_model_path,
-        reward_funcs=by_position,
-        args=make_args(
+        reward_funcs=by_position(0.0, 1.0),
+        args=short_args(
             tmp_path, num_iterations=num_iterations, max_completion_length=3, reward_weights=[2.0],
             save_enhanced_labels=True,
         ),
@@ -127,14 +121,15 @@ def test_num_iterations_reuses_each_round(tmp_path, tiny_model_path, num_iterati
 
 
 def test_shuffle_dataset_orders_the_prompts(tmp_path, tiny_model_path, positivity):
-    dataset = Dataset.from_dict({"prompt": [f"tell me about your day {i}" for i in range(8)]})
+    prompts = [f"tell me about your day {i}" for i in range(8)]
     orders = {}
     for shuffle in (False, True):
         trainer = PLETrainer(
-            model=tiny_model_path, reward_funcs=positivity, train_dataset=dataset,
-            args=make_args(tmp_path / str(shuffle), shuffle_dataset=shuffle, per_device_train_batch_size=4),
+            model=tiny_model_path, reward_funcs=positivity, train_dataset=Dataset.from_dict({"prompt": prompts}),
+            args=short_args(tmp_path / str(shuffle), shuffle_dataset=shuffle, per_device_train_batch_size=4),
         )  # fmt: skip
-        orders[shuffle] = list(trainer._get_train_sampler())
+        # The prompts the training dataloader serves, in order.
+        orders[shuffle] = [prompts.index(row["prompt"]) for batch in trainer.get_train_dataloader() for row in batch]
     assert orders[False] == list(range(8))
     assert sorted(orders[True]) == list(range(8)) and orders[True] != list(range(8))
 
@@ -154,10 +149,21 @@ def test_trust_remote_code_reaches_the_reference_loaded_from_a_path(
     monkeypatch.setattr(trainer_module, "create_model_from_path", spy)
     PLETrainer(
         model=tiny_model_path, ref_model=tiny_model_path, reward_funcs=positivity,
-        args=make_args(tmp_path, trust_remote_code=True, beta=0.1, ranking_loss_type="dpo"),
+        args=short_args(tmp_path, trust_remote_code=True, beta=0.1, ranking_loss_type="dpo"),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )  # fmt: skip
     assert [(path, kwargs.get("trust_remote_code")) for path, kwargs in loads] == [(tiny_model_path, True)]
+
+
+class ReportToAtStepEnd(TrainerCallback):
+    """Adds a tracker to `report_to` at the end of each step: after the round's generation and scoring, before the
+    step's log."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def on_step_end(self, args, state, control, **kwargs):
+        args.report_to = [self.tracker]
 
 
 @pytest.mark.parametrize("unique", [False, True])
@@ -166,31 +172,33 @@ def test_log_unique_prompts_drops_repeated_prompts_from_the_tracker_table(
 ):
     """The trainer honours `log_unique_prompts` (the ledger and the doc say so): the table sent to trackio keeps one
     row per prompt, while the parquet file keeps every row."""
+    import importlib.machinery
+    import sys
     import types
 
     import pandas as pd
 
     assert "log_unique_prompts" in GRPO_FIELDS_HONOURED and "log_unique_prompts" not in GRPO_FIELDS_IGNORED
     logged = []
-    trackio = types.SimpleNamespace(Table=lambda dataframe: dataframe, log=lambda data: logged.append(data))
-    monkeypatch.setitem(__import__("sys").modules, "trackio", trackio)
+    trackio = types.ModuleType("trackio")  # a stand-in tracker: its table is the data frame it is given
+    trackio.__spec__ = importlib.machinery.ModuleSpec("trackio", None)
+    trackio.Table, trackio.log = (lambda dataframe: dataframe), (lambda data: logged.append(data))
+    monkeypatch.setitem(sys.modules, "trackio", trackio)
+    # One round of 4 pairs whose prompts come twice: p0, p1, p0, p1.
     trainer = PLETrainer(
-        model=tiny_model_path, reward_funcs=positivity, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-        args=make_args(
-            tmp_path, log_completions=True, log_unique_prompts=unique, num_completions_to_print=0,
-            per_device_train_batch_size=4,  # the rows of a round are kept: room for the three below
+        model=tiny_model_path, reward_funcs=positivity, train_dataset=Dataset.from_dict({"prompt": PROMPTS[:2] * 2}),
+        args=short_args(
+            tmp_path, max_steps=1, log_completions=True, log_unique_prompts=unique, num_completions_to_print=0,
+            per_device_train_batch_size=4, shuffle_dataset=False,
         ),
     )  # fmt: skip
-    trainer.args.report_to = ["trackio"]  # set after construction: trackio is not installed for transformers' check
-    trainer._completion_rows.extend(
-        {"prompt": prompt, "plain": plain, "principled": "ok"}
-        for prompt, plain in [("p1", "a"), ("p2", "b"), ("p1", "c")]
-    )
-    completions.write(list(trainer._completion_rows), 0, trainer.args, trainer._completion_columns)
+    # trackio is not installed: the run reports to it from the end of its step on, for the table written at the log.
+    trainer.add_callback(ReportToAtStepEnd("trackio"))
+    trainer.train()
+    parquet = pd.read_parquet(tmp_path / "completions" / "completions_00001.parquet")
+    rows = list(zip(parquet["prompt"], parquet["plain"], strict=True))
+    assert [prompt for prompt, _ in rows] == PROMPTS[:2] * 2  # every row of the round
     assert len(logged) == 1
     table = logged[0]["completions"]
-    assert list(zip(table["prompt"], table["plain"])) == (
-        [("p1", "a"), ("p2", "b")] if unique else [("p1", "a"), ("p2", "b"), ("p1", "c")]
-    )
-    parquet = pd.read_parquet(tmp_path / "completions" / "completions_00000.parquet")
-    assert list(parquet["plain"]) == ["a", "b", "c"]
+    # With `log_unique_prompts`, the first row of each prompt.
+    assert list(zip(table["prompt"], table["plain"], strict=True)) == (rows[:2] if unique else rows)

@@ -1,5 +1,5 @@
-"""Bad input is refused early, with an error that names the argument, the bad value and the fix (issue 9: items 2, 3,
-10, 15, 16 and the trainer side of 17). Nothing here trains for more than one or two steps."""
+"""Bad input is refused early, with an error that names the argument, the bad value and the fix: the models, the
+rewards, the principles, the datasets and the config's numbers. Nothing here trains for more than one or two steps."""
 
 import logging
 import math
@@ -10,20 +10,13 @@ from datasets import Dataset, DatasetDict, IterableDataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig
 
-from ple_trl import PLEConfig, PLETrainer
+from ple_trl import PLETrainer
 from ple_trl.data import check_generation_round, prepare_prompt_dataset, prompt_is_empty
 
-from helpers import PROMPTS, by_position, logged, make_args, read_labels
+from helpers import CHAT_PROMPTS, PROMPTS, by_position, logged, make_args, ple_config, read_labels
 
 
-def make_config(**kwargs):
-    kwargs.setdefault("output_dir", "unused")
-    kwargs.setdefault("report_to", "none")
-    kwargs.setdefault("bf16", False)
-    return PLEConfig(**kwargs)
-
-
-# --- item 2: the policy itself as its reference ------------------------------------------------------------------
+# --- models and rewards ---------------------------------------------------------------------------------------------
 
 
 def test_ref_model_that_is_the_policy_object_is_refused(tmp_path, tiny_model_path, positivity):
@@ -37,22 +30,56 @@ def test_ref_model_that_is_the_policy_object_is_refused(tmp_path, tiny_model_pat
     assert all(p.requires_grad for p in model.parameters())  # refused before anything was frozen
 
 
-# --- item 3: beta with a ranking loss that has no reference --------------------------------------------------------
+def test_no_reward_is_an_early_error(tmp_path, tiny_model_path):
+    with pytest.raises(ValueError, match="reward_model_name_or_path"):
+        PLETrainer(
+            model=tiny_model_path, args=make_args(tmp_path), train_dataset=Dataset.from_dict({"prompt": PROMPTS})
+        )
+
+
+def test_reward_tokenizer_without_chat_template_is_an_early_error(
+    tmp_path, tiny_model_path, tiny_reward_model_no_template_path
+):
+    with pytest.raises(ValueError, match="no chat template"):
+        PLETrainer(
+            model=tiny_model_path, reward_funcs=tiny_reward_model_no_template_path, args=make_args(tmp_path),
+            train_dataset=Dataset.from_dict({"prompt": CHAT_PROMPTS}),
+        )  # fmt: skip
+
+
+def test_reward_function_with_wrong_number_of_values(tmp_path, tiny_model_path):
+    trainer = PLETrainer(
+        model=tiny_model_path, reward_funcs=lambda completions, **kw: [1.0], args=make_args(tmp_path),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="returned 1 rewards, but 4 were expected"):
+        trainer.train()
+
+
+def test_ref_model_without_beta_is_an_early_error(tmp_path, tiny_model_path, positivity):
+    with pytest.raises(ValueError, match="beta=0"):
+        PLETrainer(
+            model=tiny_model_path, ref_model=tiny_model_path, reward_funcs=positivity, args=make_args(tmp_path),
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        )  # fmt: skip
+
+
+# --- beta with a ranking loss that has no reference -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])
 def test_beta_with_a_reference_free_ranking_loss_is_refused(loss_type):
     with pytest.raises(ValueError, match=rf"`beta=0.04`.*`ranking_loss_type='{loss_type}'`.*'dpo'.*`beta=0`"):
-        make_config(beta=0.04, ranking_loss_type=loss_type)
+        ple_config(beta=0.04, ranking_loss_type=loss_type)
 
 
 def test_a_ported_grpo_config_with_a_kl_coefficient_is_refused():
     grpo = GRPOConfig(output_dir="unused", beta=0.04, bf16=False, report_to="none")
     with pytest.raises(ValueError, match="PLE has no GRPO-style KL term"):
-        make_config(beta=grpo.beta)
+        ple_config(beta=grpo.beta)
 
 
-# --- item 10: a principle column is checked on every row ---------------------------------------------------------
+# --- a principle column is checked on every row ---------------------------------------------------------------------
 
 
 def test_an_empty_principle_row_without_a_fallback_is_named_at_construction(tmp_path, tiny_model_path, positivity):
@@ -88,7 +115,15 @@ def test_an_empty_principle_in_a_stream_is_a_clear_error(tmp_path, tiny_model_pa
         trainer.train()
 
 
-# --- item 15: datasets too small, empty, with empty prompts, or of the wrong type ----------------------------------
+def test_no_principle_is_an_early_error(tmp_path, tiny_model_path, positivity):
+    with pytest.raises(ValueError, match="No principle"):
+        PLETrainer(
+            model=tiny_model_path, reward_funcs=positivity, args=make_args(tmp_path, principle=None),
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        )  # fmt: skip
+
+
+# --- datasets too small, empty, with empty prompts, or of the wrong type --------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -103,6 +138,14 @@ def test_a_dataset_smaller_than_one_generation_round_is_refused(
         PLETrainer(
             model=tiny_model_path, reward_funcs=positivity, args=make_args(tmp_path, **kwargs),
             train_dataset=Dataset.from_dict({"prompt": PROMPTS[:num_prompts]}),
+        )  # fmt: skip
+
+
+def test_dataset_without_prompt_is_an_early_error(tmp_path, tiny_model_path, positivity):
+    with pytest.raises(ValueError, match="no usable prompt"):
+        PLETrainer(
+            model=tiny_model_path, reward_funcs=positivity, args=make_args(tmp_path),
+            train_dataset=Dataset.from_dict({"text": PROMPTS}),
         )  # fmt: skip
 
 
@@ -157,7 +200,7 @@ def test_other_dataset_types_are_refused_with_the_fix(tmp_path, tiny_model_path,
         PLETrainer(model=tiny_model_path, reward_funcs=positivity, args=make_args(tmp_path), train_dataset=bad)
 
 
-# --- item 16: principles, template and non-finite numbers --------------------------------------------------------
+# --- principles, template and non-finite numbers --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -180,10 +223,10 @@ def test_other_dataset_types_are_refused_with_the_fix(tmp_path, tiny_model_path,
 )
 def test_empty_principles_templates_without_principle_and_non_finite_numbers_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        make_config(**kwargs)
+        ple_config(**kwargs)
 
 
-# --- item 17: unclear errors made clear ----------------------------------------------------------------------------
+# --- batch sizes, reward values and model paths ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -197,7 +240,7 @@ def test_empty_principles_templates_without_principle_and_non_finite_numbers_are
 )
 def test_batch_and_completion_sizes_are_checked_in_the_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        make_config(**kwargs)
+        ple_config(**kwargs)
 
 
 def test_a_reward_function_returning_strings_is_named(tmp_path, tiny_model_path):

@@ -3,7 +3,6 @@
 module entry point (`python -m ple_trl.scripts.ple`, what `accelerate launch -m` runs), and one real launch."""
 
 import importlib.resources
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +15,15 @@ from ple_trl import cli
 from ple_trl.scripts.launch import recipe_names, recipe_path
 from ple_trl.scripts.ple import launch_command, parse_args
 
+from helpers import OFFLINE_ENV
+
 PACKAGE = Path(ple_trl.__file__).parent
 TRL_ZERO2 = str(importlib.resources.files("trl.accelerate_configs").joinpath("zero2.yaml"))
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
 SCRIPT_ARGS = ["--max_steps", "2", "--output_dir", "out", "--bf16", "False"]
 
 
 def test_recipes_ship_in_the_package_and_load_by_name():
-    assert recipe_names() == ["hh", "imdb", "spa", "tldr"]  # spa: shipped by the issue 11 merge
+    assert recipe_names() == ["hh", "imdb", "spa", "tldr"]  # spa: SPA's recipe ships with PLE's
     for name in recipe_names():
         assert Path(recipe_path(name)) == PACKAGE / "recipes" / f"{name}.yaml"
         assert recipe_path(f"{name}.yaml") == recipe_path(name)
@@ -91,8 +91,9 @@ def test_launch_errors_are_one_line(extra, message, capsys):
 
 def test_module_entry_point_prints_its_help():
     result = subprocess.run(
-        [sys.executable, "-m", "ple_trl.scripts.ple", "--help"], capture_output=True, text=True, env=ENV, timeout=300
-    )
+        [sys.executable, "-m", "ple_trl.scripts.ple", "--help"], capture_output=True, text=True, env=OFFLINE_ENV,
+        timeout=300,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage: python -m ple_trl.scripts.ple")
     assert "--reward_funcs" in result.stdout and "--tau0" in result.stdout
@@ -103,7 +104,7 @@ def test_train_command_trains_through_accelerate_launch(tmp_path, tiny_model_pat
     data = tmp_path / "prompts.jsonl"
     data.write_text('{"prompt": "tell me about your day"}\n{"prompt": "write a review of the movie"}\n')
     output_dir = tmp_path / "out"
-    for name, value in ENV.items():
+    for name, value in OFFLINE_ENV.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     status = cli.main(

@@ -61,14 +61,15 @@ def test_metric_sources_are_device_agnostic():
 
 # ------------------------------------------------------------------------------------------------------ reward_score
 
-PROMPTS = ["write a review of the film :", "tell me about your day :", "how was the food ?", "hello friend"]
+SCORED_PROMPTS = ["write a review of the film :", "tell me about your day :", "how was the food ?", "hello friend"]
 COMPLETIONS = ["good great", "good bad movie", "it was bad", "happy"]
 # positivity = (#positive - #negative) / #words: 2/2, 0/3, -1/3, 1/1.
 POSITIVITY = [1.0, 0.0, -1.0 / 3.0, 1.0]
 
 
 def test_reward_score_with_a_reward_function_is_the_mean_reward(positivity):
-    results = load_metric("reward_score").compute(prompts=PROMPTS, completions=COMPLETIONS, reward_fn=positivity)
+    metric = load_metric("reward_score")
+    results = metric.compute(prompts=SCORED_PROMPTS, completions=COMPLETIONS, reward_fn=positivity)
     assert results["rewards"] == pytest.approx(POSITIVITY)
     assert results["mean_reward"] == pytest.approx((1.0 + 0.0 - 1.0 / 3.0 + 1.0) / 4)
     mean = sum(POSITIVITY) / 4
@@ -76,7 +77,7 @@ def test_reward_score_with_a_reward_function_is_the_mean_reward(positivity):
 
 
 def test_reward_score_conversational_inputs_and_none_rewards(positivity):
-    prompts = [[{"role": "user", "content": p}] for p in PROMPTS]
+    prompts = [[{"role": "user", "content": p}] for p in SCORED_PROMPTS]
     completions = [[{"role": "assistant", "content": c}] for c in COMPLETIONS]
     results = load_metric("reward_score").compute(prompts=prompts, completions=completions, reward_fn=positivity)
     assert results["rewards"] == pytest.approx(POSITIVITY)
@@ -85,7 +86,7 @@ def test_reward_score_conversational_inputs_and_none_rewards(positivity):
         return [None if "bad" in c else len(c.split()) + offset for c in completions]
 
     results = load_metric("reward_score").compute(
-        prompts=PROMPTS, completions=COMPLETIONS, reward_fn=partial_reward, reward_kwargs={"offset": 1}
+        prompts=SCORED_PROMPTS, completions=COMPLETIONS, reward_fn=partial_reward, reward_kwargs={"offset": 1}
     )
     assert results["rewards"][0] == 3.0 and math.isnan(results["rewards"][1]) and results["rewards"][3] == 2.0
     assert results["mean_reward"] == pytest.approx(2.5)  # NaN ignored: (3 + 2) / 2
@@ -107,10 +108,10 @@ def score_by_hand(model, tokenizer, texts, max_length=None, keep="last"):
 def test_reward_score_with_a_reward_model_path_matches_unbatched_scores(tiny_reward_model_path):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model_path)
-    expected = score_by_hand(model, tokenizer, [p + " " + c for p, c in zip(PROMPTS, COMPLETIONS)])
+    expected = score_by_hand(model, tokenizer, [p + " " + c for p, c in zip(SCORED_PROMPTS, COMPLETIONS)])
     # Batches of 3 and 1 with different lengths: padding must not change any score.
     results = load_metric("reward_score").compute(
-        prompts=[p + " " for p in PROMPTS],
+        prompts=[p + " " for p in SCORED_PROMPTS],
         completions=COMPLETIONS,
         reward_model=tiny_reward_model_path,
         batch_size=3,
@@ -121,7 +122,7 @@ def test_reward_score_with_a_reward_model_path_matches_unbatched_scores(tiny_rew
     assert len(set(round(s, 4) for s in expected)) == 4  # the scores differ, so a mix-up would be caught
 
     # Conversational inputs go through the reward tokenizer's own chat template.
-    prompts = [[{"role": "user", "content": p}] for p in PROMPTS]
+    prompts = [[{"role": "user", "content": p}] for p in SCORED_PROMPTS]
     completions = [[{"role": "assistant", "content": c}] for c in COMPLETIONS]
     templated = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
     results = load_metric("reward_score").compute(

@@ -4,7 +4,8 @@ from datasets import Dataset
 
 from ple_trl import PLEConfig, PLETrainer
 
-PROMPTS = ["write a review of the movie :", "tell me about your day :"]
+from helpers import PROMPTS
+
 LONG_PRINCIPLE = "be positive and kind " * 10  # 200 characters: the card shortens it
 
 
@@ -38,7 +39,7 @@ def test_checkpoint_model_card_names_the_ple_settings(tmp_path, tiny_model_path,
         model=tiny_model_path,
         reward_funcs=[positivity, length_reward],
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS[:2]}),
     )
     trainer.train()
     with open(os.path.join(tmp_path, "README.md")) as f:
@@ -63,7 +64,7 @@ def test_model_card_with_one_principle_and_epochs(tmp_path, tiny_model_path, pos
             output_dir=str(tmp_path), principle="be kind", report_to="none", use_cpu=True, bf16=False,
             per_device_train_batch_size=2,
         ),  # fmt: skip
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS[:2]}),
     )
     trainer.create_model_card(model_name="ple-tiny")
     with open(os.path.join(tmp_path, "README.md")) as f:

@@ -56,9 +56,9 @@ PROVEN = [name for name, (_, _, reason) in FAMILIES.items() if reason is None]
 
 # Prompts of 18 and 60 words: left-padded by 42 tokens in a batch that holds both; the principle comes after the
 # prompt, so a pair's two prompts share all of the plain prompt but its last token (more than 16 tokens).
-SHORT = " ".join(WORDS[12:30])
-LONG = " ".join(WORDS[:60])
-PROMPTS = [SHORT, LONG, LONG.replace("good", "bad"), SHORT.replace("movie", "film")]
+SHORT_PROMPT = " ".join(WORDS[12:30])
+LONG_PROMPT = " ".join(WORDS[:60])
+FAMILY_PROMPTS = [SHORT_PROMPT, LONG_PROMPT, LONG_PROMPT.replace("good", "bad"), SHORT_PROMPT.replace("movie", "film")]
 
 
 def words_reward(completions, **kwargs):
@@ -74,9 +74,9 @@ def build(tmp_path, family):
     return save_tiny_causal_lm(tmp_path / family, config)
 
 
-def run(tmp_path, model_path, share, **kwargs):
+def two_step_run(tmp_path, model_path, share, **kwargs):
     """Two steps of PLE with a reference (`dpo`, so the frozen pass runs too): the trained trainer."""
-    dataset = kwargs.pop("dataset", None) or Dataset.from_dict({"prompt": PROMPTS})
+    dataset = kwargs.pop("dataset", None) or Dataset.from_dict({"prompt": FAMILY_PROMPTS})
     args = tiny_args(
         tmp_path / f"share-{share}",
         principle="be positive and kind",
@@ -118,7 +118,7 @@ def test_every_proven_family_has_a_case():
 def test_default_trains_as_unshared(tmp_path, family, caplog):
     model_path = build(tmp_path, family)
     with caplog.at_level(logging.INFO, logger="ple_trl"):
-        default = run(tmp_path, model_path, None)
+        default = two_step_run(tmp_path, model_path, None)
     reasons = said(caplog, "no prefix sharing") + said(caplog, "no shared prefix")
     reason = FAMILIES[family][2]
     if reason is None:
@@ -134,10 +134,10 @@ def test_default_trains_as_unshared(tmp_path, family, caplog):
         assert len(reasons) == 2 and all(reason in text for text in reasons), reasons
         required = f"share_prompt_prefix=True.*cannot run a pair's shared prompt once.*{reason}"
         with pytest.raises(ValueError, match=required):
-            run(tmp_path / "required", model_path, True)
+            two_step_run(tmp_path / "required", model_path, True)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ple_trl"):
-        unshared = run(tmp_path, model_path, False)
+        unshared = two_step_run(tmp_path, model_path, False)
     assert not said(caplog, "runs each pair's plain prompt once")
     assert len(said(caplog, "share_prompt_prefix=False")) == 2
     assert_same_training(default, unshared)
@@ -179,7 +179,7 @@ def by_hand_logps(model, batch):
 def test_pair_logps_and_greedy_answers_match_the_plain_model(tmp_path, family):
     model_path = build(tmp_path, family)
     trainer = PLETrainer(
-        model=model_path, reward_funcs=words_reward, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        model=model_path, reward_funcs=words_reward, train_dataset=Dataset.from_dict({"prompt": FAMILY_PROMPTS}),
         args=tiny_args(tmp_path / "out", principle="be kind"),
     )  # fmt: skip
     model = trainer.model.eval()
@@ -204,19 +204,19 @@ def test_pair_logps_and_greedy_answers_match_the_plain_model(tmp_path, family):
     assert torch.equal(answers[:, input_ids.size(1) :], expected[:, input_ids.size(1) :])
 
 
-def test_vision_language_model_trains_unshared_as_before(tmp_path, tiny_vlm_path, caplog):
+def test_vision_language_model_trains_unshared(tmp_path, tiny_vlm_path, caplog):
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
     dataset = Dataset.from_dict(
         {
-            "prompt": [[{"role": "user", "content": prompt}] for prompt in PROMPTS],
+            "prompt": [[{"role": "user", "content": prompt}] for prompt in FAMILY_PROMPTS],
             "image": [Image.new("RGB", (VLM_IMAGE_SIZE, VLM_IMAGE_SIZE), colour) for colour in colours],
         }
     )
     with caplog.at_level(logging.INFO, logger="ple_trl"):
-        default = run(tmp_path, tiny_vlm_path, None, dataset=dataset)
+        default = two_step_run(tmp_path, tiny_vlm_path, None, dataset=dataset)
     assert said(caplog, "(no prefix sharing): multimodal prompts")
     assert said(caplog, "(no shared prefix): multimodal prompts")
     with pytest.raises(ValueError, match="share_prompt_prefix=True.*llava"):
-        run(tmp_path / "required", tiny_vlm_path, True, dataset=dataset)
-    unshared = run(tmp_path, tiny_vlm_path, False, dataset=dataset)
+        two_step_run(tmp_path / "required", tiny_vlm_path, True, dataset=dataset)
+    unshared = two_step_run(tmp_path, tiny_vlm_path, False, dataset=dataset)
     assert_same_training(default, unshared)

@@ -16,22 +16,22 @@ import socket
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import torch
 
 from ple_trl.ple import labeling
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "scripts" / "ple_two_process.py"
+from helpers import DRAWN_PRINCIPLES, NUMBERED_PROMPTS, REPO_ROOT, SRC
+
+TWO_PROCESS_SCRIPT = REPO_ROOT / "tests" / "scripts" / "ple_two_process.py"
 STEPS = 2
 
 pytestmark = pytest.mark.slow
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("ple_two_process", SCRIPT)
+    spec = importlib.util.spec_from_file_location("ple_two_process", TWO_PROCESS_SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -43,13 +43,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run(cmd, output_dir):
+def run_checked(cmd, output_dir):
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))
     }
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return output_dir
 
@@ -71,7 +71,8 @@ def _read_run(output_dir, num_processes):
 def runs(tmp_path_factory, tiny_model_path):
     common = ["--model", tiny_model_path, "--max_steps", str(STEPS)]
     one = tmp_path_factory.mktemp("one-process")
-    _run(["nice", sys.executable, str(SCRIPT), *common, "--output_dir", str(one), "--pairs_per_device", "4"], one)
+    script = [str(TWO_PROCESS_SCRIPT), *common]
+    run_checked(["nice", sys.executable, *script, "--output_dir", str(one), "--pairs_per_device", "4"], one)
     two = tmp_path_factory.mktemp("two-processes")
     torchrun = [
         sys.executable,
@@ -82,7 +83,7 @@ def runs(tmp_path_factory, tiny_model_path):
         "--master_port",
         str(_free_port()),
     ]
-    _run(["nice", *torchrun, str(SCRIPT), *common, "--output_dir", str(two), "--pairs_per_device", "2"], two)
+    run_checked(["nice", *torchrun, *script, "--output_dir", str(two), "--pairs_per_device", "2"], two)
     return {"one": _read_run(one, 1), "two": _read_run(two, 2)}
 
 
@@ -103,13 +104,12 @@ def test_runs_are_what_they_claim(runs):
 def test_each_rank_draws_principles_from_its_own_stream_and_saves_it(runs, tmp_path_factory):
     # Rank r draws from `Random(seed + r)`, one principle per pair, and saves where its stream stands in its checkpoint
     # file.
-    script = _load_script()
     draws = {}
     for rank in (0, 1):
         mine = {(r["step"], r["prompt"]) for r in runs["two"]["rewards"][rank]}
         drawn = [r["principle"] for r in runs["two"]["labels"] if (r["step"], r["prompt"]) in mine]
         stream = random.Random(0 + rank)
-        assert drawn == [stream.choice(script.PRINCIPLES) for _ in drawn] and len(drawn) == STEPS * 2
+        assert drawn == [stream.choice(DRAWN_PRINCIPLES) for _ in drawn] and len(drawn) == STEPS * 2
         path = runs["two"]["dir"] / f"checkpoint-{STEPS}" / f"pair_state-rank{rank}.pt"
         saved = torch.load(path, weights_only=False)
         assert saved["principle_rng_state"] == stream.getstate()
@@ -118,11 +118,10 @@ def test_each_rank_draws_principles_from_its_own_stream_and_saves_it(runs, tmp_p
 
 
 def test_every_pair_is_labelled_once(runs):
-    script = _load_script()
     for name, run in runs.items():
         keys = [(r["step"], r["prompt"]) for r in run["labels"]]
         assert len(keys) == len(set(keys)) == STEPS * 4, name
-        assert sorted(prompt for _, prompt in keys) == sorted(script.PROMPTS), name  # one epoch, nothing dropped
+        assert sorted(prompt for _, prompt in keys) == sorted(NUMBERED_PROMPTS), name  # one epoch, nothing dropped
     # In the 2-process run each rank scored its own 2 pairs per round, and the two ranks' pairs are disjoint.
     for step in range(STEPS):
         per_rank = [{r["prompt"] for r in runs["two"]["rewards"][rank] if r["step"] == step} for rank in (0, 1)]
@@ -163,7 +162,7 @@ def test_routing_uses_the_whole_round(runs):
             z_local = labeling.transform_rewards(torch.stack([plain[idx], principled[idx]]), "zscore")
             local_mask, _, _ = labeling.route_pairs(z_local[0], z_local[1], round_labels[0]["tau"], "signed")
             local_would_differ |= local_mask.tolist() != rank_mask[idx].tolist()
-    assert local_would_differ, "the reward table no longer separates global from per-rank routing; adjust it"
+    assert local_would_differ, "the reward table does not separate global from per-rank routing; adjust it"
 
 
 def test_logged_metrics_are_global_means(runs):

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -35,9 +34,9 @@ from ple_trl.device import (  # noqa: E402
     resolve_mixed_precision,
 )
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from helpers import BENCHMARKS, SRC  # noqa: E402
+
 # The memory helpers serve the benchmarks only, so they live there (`benchmarks/memory.py`).
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 from memory import peak_memory_bytes, reset_peak_memory  # noqa: E402
 
@@ -370,10 +369,10 @@ def test_peak_memory_is_none_on_cpu():
 def test_real_npu_smoke(tmp_path):
     """On an Ascend host: a tiny model trains one step on the NPU in the precision the helpers pick."""
     import torch_npu  # noqa: F401
-    from conftest import build_tiny_causal_lm
     from transformers import AutoModelForCausalLM
 
     from ple_trl.device import accelerator_device_type
+    from ple_trl.testing import build_tiny_causal_lm
 
     device_type = accelerator_device_type()
     assert device_type == "npu"

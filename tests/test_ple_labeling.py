@@ -1,3 +1,6 @@
+"""Hand-computed checks of PLE's label enhancement (`ple_trl.ple.labeling`): the tau schedule, the reward transform,
+the routing of each pair and the soft-label weights."""
+
 import math
 
 import pytest

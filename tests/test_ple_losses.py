@@ -1,3 +1,6 @@
+"""Hand-computed checks of PLE's losses (`ple_trl.ple.losses`): the ranking losses and the weighted SFT on per-sequence
+log-probs, and the routed loss of a batch."""
+
 import math
 
 import pytest

@@ -1,59 +1,53 @@
-"""Training that crashed or trained the wrong thing (issue 9: items 1, 6, 7, 8, 9, 11), on tiny models."""
+"""How PLE routes each pair and when its threshold moves: a pair whose principled answer beats the plain one by more
+than `tau` is ranked, the others get weighted SFT, `rank_all` ranks the better answer of every pair, unscorable pairs
+are skipped and counted; `tau` decays once per PLE iteration (an epoch of optimizer steps by default, or
+`steps_per_iteration`) and resumes where it was."""
 
 import math
 
 import pytest
 import torch
 from datasets import Dataset
-from test_trainer import FORMATS
-from transformers import AutoModelForCausalLM
 
 from ple_trl import PLETrainer
 
-from helpers import PROMPTS, by_position, logged, make_args, read_labels, snapshot, snapshot_all
+from helpers import PROMPTS, by_position, logged, make_args, read_labels, snapshot
 
 SIX_PROMPTS = PROMPTS + ["tell me a story .", "hello friend , how is the weather ?"]
 
 
-# --- item 1: beta > 0 with the policy given as a path ------------------------------------------------------------
+# --- routing --------------------------------------------------------------------------------------------------------
 
 
-def test_reference_anchored_ranking_with_the_model_given_as_a_path(tmp_path, tiny_model_path):
+@pytest.mark.parametrize("gap,expected", [(0.3, 1.0), (0.1, 0.0), (-0.5, 0.0)])
+def test_routing_for_a_known_reward_gap(tmp_path, tiny_model_path, gap, expected):
     trainer = PLETrainer(
-        model=tiny_model_path, reward_funcs=by_position(0.0, 1.0),
-        args=make_args(tmp_path, beta=0.1, ranking_loss_type="dpo"),
+        model=tiny_model_path,
+        reward_funcs=by_position(0.0, gap),
+        args=make_args(tmp_path, max_steps=1, save_enhanced_labels=True),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-    )  # fmt: skip
-    reference = trainer.accelerator.unwrap_model(trainer.ref_model)
-    assert reference is not trainer.model
-    policy_ids = {id(p) for p in trainer.model.parameters()}
-    assert not any(id(p) in policy_ids for p in reference.parameters())  # a separate copy, loaded from the path
-    assert not any(p.requires_grad for p in reference.parameters())
-    reference_before, policy_before = snapshot_all(reference), snapshot(trainer.model)
+    )
     trainer.train()
-    assert logged(trainer, "ple/rank_fraction") == [1.0, 1.0]
-    assert all(torch.equal(p, reference_before[n]) for n, p in reference.named_parameters())
-    assert any(not torch.equal(p, policy_before[n]) for n, p in trainer.model.named_parameters())
+    assert logged(trainer, "ple/rank_fraction") == [expected]
+    assert logged(trainer, "ple/reward_gap") == [pytest.approx(gap)]
+    labels = read_labels(tmp_path)
+    assert len(labels) == 2  # one generation round of two pairs
+    assert {label["route"] for label in labels} == {"rank" if expected else "wsft"}
+    assert all(label["prompt"] in PROMPTS and label["principle"] == "be positive and kind" for label in labels)
+    if not expected:  # softmax soft labels over the two rewards
+        assert labels[0]["weight_principled"] == pytest.approx(1 / (1 + math.exp(-gap)))
+        assert trainer.state.log_history[0]["ple/sft_weight_principled"] == pytest.approx(1 / (1 + math.exp(-gap)))
 
 
-# --- item 6: one PLE iteration is the trainer's own epoch --------------------------------------------------------
-
-
-def test_tau_decays_once_per_epoch_when_accumulation_does_not_divide_the_rounds(tmp_path, tiny_model_path, positivity):
-    # 6 prompts, 2 pairs per generation round (steps_per_generation=1): 3 rounds = 3 micro-steps per epoch. With
-    # gradient accumulation 2, transformers makes 2 optimizer steps of them (2 micro-steps, then 1), i.e. 6 steps in 3
-    # epochs; tau decays after each epoch's second step, not after every step.
+def test_rank_all_prefers_the_plain_answer_when_it_scored_higher(tmp_path, tiny_model_path):
     trainer = PLETrainer(
-        model=tiny_model_path, reward_funcs=positivity, train_dataset=Dataset.from_dict({"prompt": SIX_PROMPTS}),
-        args=make_args(tmp_path, max_steps=-1, num_train_epochs=3, gradient_accumulation_steps=2,
-                       steps_per_generation=1),
+        model=tiny_model_path, reward_funcs=by_position(1.0, 0.0),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        args=make_args(tmp_path, max_steps=1, routing="rank_all", save_enhanced_labels=True),
     )  # fmt: skip
     trainer.train()
-    assert trainer.state.global_step == 6
-    assert logged(trainer, "ple/tau") == pytest.approx([0.2, 0.2, 0.18, 0.18, 0.162, 0.162])
-
-
-# --- item 7: z-scored rewards with one infinite reward -----------------------------------------------------------
+    labels = read_labels(tmp_path)
+    assert [(label["route"], label["preferred"]) for label in labels] == [("rank", "plain"), ("rank", "plain")]
 
 
 def test_zscore_with_an_infinite_reward_skips_only_its_pair(tmp_path, tiny_model_path):
@@ -73,75 +67,67 @@ def test_zscore_with_an_infinite_reward_skips_only_its_pair(tmp_path, tiny_model
     assert sorted(label["route"] for label in labels) == ["rank", "skipped"]
 
 
-# --- item 8: rank_all ranks the better answer of every pair ------------------------------------------------------
+def test_nan_and_none_rewards_skip_pairs_and_are_counted(tmp_path, tiny_model_path):
+    def reward(prompts, completions, **kwargs):
+        half = len(completions) // 2
+        return [None] * half + [1.0] * half  # every plain answer unscorable: every pair skipped
 
-
-def test_rank_all_prefers_the_plain_answer_when_it_scored_higher(tmp_path, tiny_model_path):
     trainer = PLETrainer(
-        model=tiny_model_path, reward_funcs=by_position(1.0, 0.0),
+        model=tiny_model_path, reward_funcs=reward,
+        args=make_args(tmp_path, max_steps=1, save_enhanced_labels=True, weight_decay=0.0),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-        args=make_args(tmp_path, max_steps=1, routing="rank_all", save_enhanced_labels=True),
+    )  # fmt: skip
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert logged(trainer, "ple/skipped_pairs") == [2.0]
+    for name, param in trainer.model.named_parameters():
+        assert torch.equal(param, before[name]), f"{name} was trained on a skipped pair"
+    labels = read_labels(tmp_path)
+    assert [label["route"] for label in labels] == ["skipped", "skipped"]
+
+
+# --- tau ------------------------------------------------------------------------------------------------------------
+
+
+def test_tau_decays_once_per_epoch_by_default(tmp_path, tiny_model_path, positivity):
+    trainer = PLETrainer(
+        model=tiny_model_path,
+        reward_funcs=positivity,
+        args=make_args(tmp_path, max_steps=4),  # 4 prompts, 2 pairs per step: 2 steps per epoch
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
+    trainer.train()
+    assert logged(trainer, "ple/tau") == pytest.approx([0.2, 0.2, 0.18, 0.18])
+
+
+def test_tau_decays_once_per_epoch_when_accumulation_does_not_divide_the_rounds(tmp_path, tiny_model_path, positivity):
+    # 6 prompts, 2 pairs per generation round (steps_per_generation=1): 3 rounds = 3 micro-steps per epoch. With
+    # gradient accumulation 2, transformers makes 2 optimizer steps of them (2 micro-steps, then 1), i.e. 6 steps in 3
+    # epochs; tau decays after each epoch's second step, not after every step.
+    trainer = PLETrainer(
+        model=tiny_model_path, reward_funcs=positivity, train_dataset=Dataset.from_dict({"prompt": SIX_PROMPTS}),
+        args=make_args(tmp_path, max_steps=-1, num_train_epochs=3, gradient_accumulation_steps=2,
+                       steps_per_generation=1),
     )  # fmt: skip
     trainer.train()
-    labels = read_labels(tmp_path)
-    assert [(label["route"], label["preferred"]) for label in labels] == [("rank", "plain"), ("rank", "plain")]
+    assert trainer.state.global_step == 6
+    assert logged(trainer, "ple/tau") == pytest.approx([0.2, 0.2, 0.18, 0.18, 0.162, 0.162])
 
 
-# --- item 9: IPO ranks on mean token log-probs -------------------------------------------------------------------
-
-
-def answer_log_probs_by_hand(model, batch):
-    """`(pairs, 2)` sums and means of the log-probs of each answer's tokens under `model`, from its logits on the
-    unpadded `[prompt + answer]` of each answer (right-padded into one batch: causal attention never sees the pads)."""
-    num_pairs = batch["prompt_ids"].size(0)
-    rows = []  # (prompt, answer) token ids, without padding, pair by pair, plain answer first
-    for i in range(num_pairs):
-        prompt = batch["prompt_ids"][i][batch["prompt_mask"][i].bool()]
-        rows += [(prompt, batch["completion_ids"][i, j][batch["completion_mask"][i, j].bool()]) for j in range(2)]
-    length = max(len(prompt) + len(answer) for prompt, answer in rows)
-    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
-    attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for row, (prompt, answer) in enumerate(rows):
-        input_ids[row, : len(prompt) + len(answer)] = torch.cat([prompt, answer])
-        attention_mask[row, : len(prompt) + len(answer)] = 1
-    with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    sums, means = torch.zeros(num_pairs * 2), torch.zeros(num_pairs * 2)
-    for row, (prompt, answer) in enumerate(rows):
-        # The logit at position t predicts token t + 1: the answer's tokens from the prompt's last position on.
-        log_probs = torch.log_softmax(logits[row, len(prompt) - 1 : len(prompt) + len(answer) - 1].double(), dim=-1)
-        token_log_probs = log_probs.gather(-1, answer[:, None]).squeeze(-1)
-        sums[row], means[row] = token_log_probs.sum(), token_log_probs.mean()
-    return sums.view(num_pairs, 2), means.view(num_pairs, 2)
-
-
-def test_ipo_reference_log_probs_are_per_token_means(tmp_path, tiny_model_path):
+def test_tau_decays_per_iteration_and_resumes(tmp_path, tiny_model_path, positivity):
+    dataset = Dataset.from_dict({"prompt": PROMPTS * 2})
+    common = dict(iteration_unit="steps", steps_per_iteration=1, alpha=0.5, max_steps=4)
     trainer = PLETrainer(
-        model=tiny_model_path, ref_model=tiny_model_path, reward_funcs=by_position(0.0, 1.0),
-        args=make_args(tmp_path, beta=0.1, ranking_loss_type="ipo", max_completion_length=5),
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        model=tiny_model_path, reward_funcs=positivity, train_dataset=dataset,
+        args=make_args(tmp_path / "full", **common, save_strategy="steps", save_steps=2),
     )  # fmt: skip
-    batch = trainer._generate_and_score_completions([{"prompt": PROMPTS[0]}, {"prompt": PROMPTS[1]}])
-    # The reference is the model at the path: its log-probs by hand, from a copy loaded here.
-    sums, means = answer_log_probs_by_hand(AutoModelForCausalLM.from_pretrained(tiny_model_path).eval(), batch)
-    assert batch["ref_logps"].shape == (2, 2)  # (pairs, [plain answer, principled answer])
-    torch.testing.assert_close(batch["ref_logps"], means, rtol=0, atol=1e-5)
-    assert not torch.allclose(sums, means, atol=1e-3)  # answers longer than one token: sums would be told apart
+    trainer.train()
+    expected = [0.2 * 0.5**k for k in range(4)]  # tau used at steps 1..4 is tau0 * alpha^(completed iterations)
+    assert logged(trainer, "ple/tau") == pytest.approx(expected)
 
-
-# --- item 11: evaluate() converts the formats it is given --------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["messages", "preference"])
-def test_evaluate_accepts_every_training_format(tmp_path, tiny_model_path, name):
-    trainer = PLETrainer(
-        model=tiny_model_path, reward_funcs=by_position(0.0, 1.0),
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-        args=make_args(tmp_path, per_device_eval_batch_size=2),
+    resumed = PLETrainer(
+        model=tiny_model_path, reward_funcs=positivity, train_dataset=dataset,
+        args=make_args(tmp_path / "resumed", **common),
     )  # fmt: skip
-    metrics = trainer.evaluate(eval_dataset=Dataset.from_dict(FORMATS[name]))
-    assert metrics["eval_ple/rank_fraction"] == 1.0
-    assert metrics["eval_ple/reward_gap"] == pytest.approx(1.0)
-    by_name = trainer.evaluate(eval_dataset={"held_out": Dataset.from_dict(FORMATS[name])})
-    assert "eval_held_out_loss" in by_name
-    assert by_name["eval_ple/rank_fraction"] == 1.0  # GRPO's `log` prefixes its metrics with `eval_` only
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    assert logged(resumed, "ple/tau")[-2:] == pytest.approx(expected[2:])

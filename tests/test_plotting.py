@@ -8,7 +8,8 @@ from matplotlib.ticker import MaxNLocator
 
 from ple_trl import cli, plotting
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from helpers import PNG_SIGNATURE
+
 TAU = [0.2 * 0.9**step for step in range(4)]
 GAP = [0.5, 0.3, 0.1, 0.05]
 

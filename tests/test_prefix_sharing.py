@@ -10,9 +10,7 @@ from peft import LoraConfig
 from ple_trl import PLETrainer
 from ple_trl.pairs.prefix_sharing import shared_prompt_logps
 
-from helpers import PROMPTS, by_position, make_args
-
-PAD = 0
+from helpers import PAD, PROMPTS, by_position, make_args
 
 
 def pair_batch(seed, device):
@@ -36,7 +34,8 @@ def pair_batch(seed, device):
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def make_trainer(tmp_path, model, **kwargs):
+def pair_trainer(tmp_path, model, **kwargs):
+    """A tiny PLE run whose pair forward the tests call on batches of their own."""
     return PLETrainer(
         model=model, reward_funcs=by_position(0.0, 1.0), train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         args=make_args(tmp_path, **kwargs),
@@ -81,7 +80,7 @@ def assert_same(trainer, batches):
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_shared_prompt_gives_the_same_logps_and_gradients(tmp_path, tiny_model_path, attention):
-    trainer = make_trainer(tmp_path, tiny_model_path, model_init_kwargs={"attn_implementation": attention})
+    trainer = pair_trainer(tmp_path, tiny_model_path, model_init_kwargs={"attn_implementation": attention})
     assert trainer.model.config._attn_implementation == attention
     batch = pair_batch(0, trainer.accelerator.device)
     assert_same(trainer, [batch])
@@ -108,7 +107,7 @@ def test_shared_prompt_under_lora(tmp_path, tiny_model_path):
 
 @pytest.mark.parametrize("use_reentrant", [False, True])
 def test_shared_prompt_with_gradient_checkpointing(tmp_path, tiny_model_path, use_reentrant):
-    trainer = make_trainer(tmp_path, tiny_model_path)
+    trainer = pair_trainer(tmp_path, tiny_model_path)
     # As `Trainer.train` turns it on (the layers then recompute their forward, with the 4D mask, in backward).
     trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert trainer.model.model.layers[0].gradient_checkpointing
@@ -116,6 +115,6 @@ def test_shared_prompt_with_gradient_checkpointing(tmp_path, tiny_model_path, us
 
 
 def test_shared_prompt_across_gradient_accumulation(tmp_path, tiny_model_path):
-    trainer = make_trainer(tmp_path, tiny_model_path, gradient_accumulation_steps=2)
+    trainer = pair_trainer(tmp_path, tiny_model_path, gradient_accumulation_steps=2)
     device = trainer.accelerator.device
     assert_same(trainer, [pair_batch(3, device), pair_batch(4, device)])

@@ -1,4 +1,4 @@
-"""End-to-end mechanism: PLE distils a principle into the model's answers to *plain* prompts.
+"""PLE distils a principle into the model's answers to *plain* prompts, end to end.
 
 A tiny model is first trained (here, in a fixture) to answer principle-guided prompts with positive words and plain
 prompts with a coin-flip mix of positive and negative words: principled answers really are better. After a few PLE
@@ -9,16 +9,16 @@ import random
 
 import pytest
 import torch
-from conftest import NEGATIVE_WORDS, POSITIVE_WORDS, make_policy_tokenizer, positivity_reward, tiny_llama_config
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from ple_trl import PLETrainer
+from ple_trl.testing import NEGATIVE_WORDS, POSITIVE_WORDS, make_policy_tokenizer, tiny_llama_config
 
-from helpers import PRINCIPLE, make_args
+from helpers import PRINCIPLE, make_args, positivity_reward
 
 TOPICS = ["movie", "film", "book", "song", "day", "food", "city", "weather", "story"]
-PROMPTS = [f"tell me about the {topic} :" for topic in TOPICS]
+TOPIC_PROMPTS = [f"tell me about the {topic} :" for topic in TOPICS]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def principle_following_model(tmp_path_factory):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
     def example():
-        prompt = rng.choice(PROMPTS)
+        prompt = rng.choice(TOPIC_PROMPTS)
         if rng.random() < 0.5:  # principle-guided: always positive
             text = f"{PRINCIPLE}\n\n{prompt} " + " ".join(rng.choices(POSITIVE_WORDS, k=3))
         else:  # plain: a coin flip per word
@@ -74,8 +74,8 @@ def test_plain_prompt_reward_rises_after_ple(tmp_path, principle_following_model
 
     tokenizer = AutoTokenizer.from_pretrained(principle_following_model)
     model = AutoModelForCausalLM.from_pretrained(principle_following_model)
-    plain_before = mean_reward(model, tokenizer, PROMPTS)
-    principled_before = mean_reward(model, tokenizer, [f"{PRINCIPLE}\n\n{p}" for p in PROMPTS])
+    plain_before = mean_reward(model, tokenizer, TOPIC_PROMPTS)
+    principled_before = mean_reward(model, tokenizer, [f"{PRINCIPLE}\n\n{p}" for p in TOPIC_PROMPTS])
     assert principled_before > plain_before + 0.3  # the fixture did its job: principled answers are better
 
     args = make_args(tmp_path, per_device_train_batch_size=9, max_completion_length=4, max_steps=6, learning_rate=5e-3)
@@ -83,10 +83,10 @@ def test_plain_prompt_reward_rises_after_ple(tmp_path, principle_following_model
         model=principle_following_model,
         reward_funcs=positivity_reward,
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        train_dataset=Dataset.from_dict({"prompt": TOPIC_PROMPTS}),
     )
     trainer.train()
     ranked = [entry["ple/rank_fraction"] for entry in trainer.state.log_history if "ple/rank_fraction" in entry]
     assert max(ranked) > 0  # the large gaps of the first rounds are ranked
-    plain_after = mean_reward(trainer.model, tokenizer, PROMPTS)
+    plain_after = mean_reward(trainer.model, tokenizer, TOPIC_PROMPTS)
     assert plain_after > plain_before + 0.2, (plain_before, plain_after)

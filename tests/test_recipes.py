@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_reward_tokenizer, tiny_llama_config
 from transformers import LlamaForSequenceClassification
 
 from ple_trl.ple.principles import PRINCIPLES
 from ple_trl.scripts.launch import recipe_path
 from ple_trl.scripts.ple import main, parse_args
+from ple_trl.testing import make_reward_tokenizer, tiny_llama_config
 
 RECIPES = ["hh", "imdb", "tldr"]
 ALL_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -1,4 +1,4 @@
-"""Recorded regression test, in torchtune's manner: a 4-step tiny-model run whose logged loss, `ple/tau` and
+"""A recorded run, in torchtune's manner: a 4-step tiny-model run whose logged loss, `ple/tau` and
 `ple/rank_fraction` are compared with values recorded once, so that any change in PLE's maths shows as a diff.
 
 To re-record (only after a change in the maths that is meant): run this file with `RECORD=1` in the environment; it
@@ -34,8 +34,7 @@ CONFIGS = {
     ),
 }
 
-# Recorded from main at a56adf0 (before the labels/loss refactor of issue 10): per step, (loss, ple/tau,
-# ple/rank_fraction).
+# Per step, (loss, ple/tau, ple/rank_fraction).
 RECORDED = {
     "sigmoid_signed": [
         (2.1434764862060547, 0.2, 0.5),
@@ -52,7 +51,7 @@ RECORDED = {
 }
 
 
-def run(tmp_path, model_path, **overrides):
+def recorded_run(tmp_path, model_path, **overrides):
     args = make_args(
         tmp_path,
         max_steps=4,
@@ -79,7 +78,7 @@ def run(tmp_path, model_path, **overrides):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_four_steps_reproduce_the_recorded_loss_tau_and_rank_fraction(tmp_path, tiny_model_path, name):
-    steps = run(tmp_path, tiny_model_path, **CONFIGS[name])
+    steps = recorded_run(tmp_path, tiny_model_path, **CONFIGS[name])
     if os.environ.get("RECORD"):
         print(f"\n{name!r}: {steps!r},")
         return

@@ -1,6 +1,6 @@
-"""Resumes, reruns and checkpoints (issue 9, items 13, 18 and 19): the audit log holds exactly one record per trained
-pair, a resumed run draws the same principles and sees the prompts in the same order as the run it continues, and a
-checkpoint cut short by a full disk is reported as such and skipped on resume."""
+"""Resumes, reruns and checkpoints: the audit log holds exactly one record per trained pair, a resumed run draws the
+same principles and sees the prompts in the same order as the run it continues, and a checkpoint cut short by a full
+disk is reported as such and skipped on resume."""
 
 import errno
 import inspect
@@ -21,45 +21,44 @@ from trl.trainer.utils import RepeatSampler
 import ple_trl
 from ple_trl import PLETrainer
 
-from helpers import KILL_RESUME_RUN, logged, read_labels, tiny_args
+from helpers import KILL_RESUME_RUN, NUMBERED_PROMPTS, logged, read_labels, tiny_args
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ple_kill_resume.py")
-NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
-PROMPTS = [f"tell me about the movie {n} :" for n in NUMBERS]
+KILL_RESUME_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ple_kill_resume.py")
 
 
-def make_args(output_dir, **kwargs):
-    # The script's run, 4 steps long.
+def checkpointing_args(output_dir, **kwargs):
+    """The run of `tests/scripts/ple_kill_resume.py` (a checkpoint every 2 steps), 4 steps long."""
     return tiny_args(output_dir, **{**KILL_RESUME_RUN, "max_steps": 4, **kwargs})
 
 
-def make_trainer(model_path, reward, output_dir, prompts=PROMPTS, **kwargs):
+def checkpointing_trainer(model_path, reward, output_dir, prompts=NUMBERED_PROMPTS, **kwargs):
     return PLETrainer(
         model=model_path,
         reward_funcs=reward,
-        args=make_args(output_dir, **kwargs),
+        args=checkpointing_args(output_dir, **kwargs),
         train_dataset=Dataset.from_dict({"prompt": prompts}),
     )
 
 
 def test_a_fresh_run_starts_a_fresh_audit_log(tmp_path, tiny_model_path, positivity):
     (tmp_path / "enhanced_labels.jsonl").write_text('{"step": 0, "prompt": "stale"}\n' * 3)
-    make_trainer(tiny_model_path, positivity, tmp_path, max_steps=1, save_strategy="no").train()
+    checkpointing_trainer(tiny_model_path, positivity, tmp_path, max_steps=1, save_strategy="no").train()
     records = read_labels(tmp_path)
     assert len(records) == 2  # the two pairs of this run's one step
-    assert all(record["prompt"] in PROMPTS for record in records)
+    assert all(record["prompt"] in NUMBERED_PROMPTS for record in records)
 
 
 def test_resuming_a_finished_run_leaves_one_record_per_trained_pair(tmp_path, tiny_model_path, positivity):
     # 8 prompts, 2 pairs per step: the resume at step 2 is inside the first epoch
-    make_trainer(tiny_model_path, positivity, tmp_path).train()
+    checkpointing_trainer(tiny_model_path, positivity, tmp_path).train()
     first = read_labels(tmp_path)
     assert [record["step"] for record in first] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert len({record["principle"] for record in first}) > 1  # the principles are drawn, not fixed
 
     with open(tmp_path / "enhanced_labels.jsonl", "a") as f:
         f.write('{"step": 1, "tau": 0.2, "pro')  # a line cut short by a killed process
-    make_trainer(tiny_model_path, positivity, tmp_path).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    resumed = checkpointing_trainer(tiny_model_path, positivity, tmp_path)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     # steps 2-3 were dropped and generated again: with the principle draws, prompt order and sampling restored, the
     # same records come back
     assert read_labels(tmp_path) == first
@@ -67,10 +66,10 @@ def test_resuming_a_finished_run_leaves_one_record_per_trained_pair(tmp_path, ti
 
 def test_resume_inside_a_later_epoch_is_bit_identical(tmp_path, tiny_model_path, positivity):
     # 6 prompts, 2 pairs per step: epochs of 3 steps, and the resume at step 4 is inside the second epoch
-    prompts = PROMPTS[:6]
-    full = make_trainer(tiny_model_path, positivity, tmp_path / "full", prompts=prompts, max_steps=6)
+    prompts = NUMBERED_PROMPTS[:6]
+    full = checkpointing_trainer(tiny_model_path, positivity, tmp_path / "full", prompts=prompts, max_steps=6)
     full.train()
-    resumed = make_trainer(tiny_model_path, positivity, tmp_path / "resumed", prompts=prompts, max_steps=6)
+    resumed = checkpointing_trainer(tiny_model_path, positivity, tmp_path / "resumed", prompts=prompts, max_steps=6)
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
     assert read_labels(tmp_path / "resumed") == read_labels(tmp_path / "full")[8:]  # steps 4 and 5
     for (name, param), (_, other) in zip(full.model.named_parameters(), resumed.model.named_parameters(), strict=True):
@@ -93,13 +92,13 @@ def test_resume_inside_a_generation_round_is_exact(tmp_path, tiny_model_path, po
     # A round of 4 pairs trained over 2 optimizer steps (2 micro-batches, or 2 passes over one batch of 2 pairs with
     # `num_iterations=2`...), and a checkpoint after every step: checkpoint-1 is inside the first round.
     kwargs = {"max_steps": 4, "save_steps": 1, **schedule}
-    full = make_trainer(tiny_model_path, positivity, tmp_path / "full", **kwargs)
+    full = checkpointing_trainer(tiny_model_path, positivity, tmp_path / "full", **kwargs)
     full.train()
-    interrupted = make_trainer(tiny_model_path, positivity, tmp_path / "run", **kwargs)
+    interrupted = checkpointing_trainer(tiny_model_path, positivity, tmp_path / "run", **kwargs)
     interrupted.add_callback(StopAfter(1))
     interrupted.train()
     assert interrupted.state.global_step == 1 and os.path.isdir(tmp_path / "run" / "checkpoint-1")
-    resumed = make_trainer(tiny_model_path, positivity, tmp_path / "run", **kwargs)
+    resumed = checkpointing_trainer(tiny_model_path, positivity, tmp_path / "run", **kwargs)
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
     # The round is not generated again: the same pairs, labels and losses, and one audit record per trained pair.
     assert read_labels(tmp_path / "run") == read_labels(tmp_path / "full")
@@ -108,24 +107,28 @@ def test_resume_inside_a_generation_round_is_exact(tmp_path, tiny_model_path, po
         assert torch.equal(param, other), name
 
 
-def test_the_sampler_order_is_a_function_of_seed_and_epoch(tmp_path, tiny_model_path, positivity):
-    trainer = make_trainer(tiny_model_path, positivity, tmp_path, save_strategy="no")
-    sampler = trainer._get_train_sampler()
-    epochs = []
-    for epoch in (0, 1, 2):
-        sampler.set_epoch(epoch)
-        epochs.append(list(sampler))
-    fresh = trainer._get_train_sampler()  # a resumed process builds the sampler afresh
-    fresh.set_epoch(2)
-    assert list(fresh) == epochs[2]
+def epoch_order(trainer, epoch):
+    """The prompt indices the training dataloader serves in `epoch`, in order."""
+    dataloader = trainer.get_train_dataloader()
+    dataloader.set_epoch(epoch)
+    prompts = trainer.train_dataset["prompt"]
+    return [prompts.index(row["prompt"]) for batch in dataloader for row in batch]
+
+
+def test_the_prompt_order_is_a_function_of_seed_and_epoch(tmp_path, tiny_model_path, positivity):
+    trainer = checkpointing_trainer(tiny_model_path, positivity, tmp_path, save_strategy="no")
+    epochs = [epoch_order(trainer, epoch) for epoch in (0, 1, 2)]
+    # A resumed process builds its trainer and dataloader afresh: the same epoch gives the same order.
+    fresh = checkpointing_trainer(tiny_model_path, positivity, tmp_path, save_strategy="no")
+    assert epoch_order(fresh, 2) == epochs[2]
     assert epochs[0] != epochs[1] != epochs[2]
-    assert sorted(epochs[1]) == list(range(len(PROMPTS)))  # one pass over the prompts, each once (one pair each)
+    assert sorted(epochs[1]) == list(range(len(NUMBERED_PROMPTS)))  # one pass over the prompts, one pair each
 
 
-def run_script(model_path, output_dir, *flags):
+def run_kill_resume_script(model_path, output_dir, *flags):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(os.path.dirname(ple_trl.__file__)))
     return subprocess.run(
-        [sys.executable, SCRIPT, "--model", model_path, "--output_dir", str(output_dir), *flags],
+        [sys.executable, KILL_RESUME_SCRIPT, "--model", model_path, "--output_dir", str(output_dir), *flags],
         env=env,
         capture_output=True,
         text=True,
@@ -139,14 +142,14 @@ def read_jsonl(path):
 
 
 def test_kill_9_and_resume_continue_the_run_exactly(tmp_path, tiny_model_path):
-    full = run_script(tiny_model_path, tmp_path / "full")
+    full = run_kill_resume_script(tiny_model_path, tmp_path / "full")
     assert full.returncode == 0, full.stderr[-3000:]
 
-    killed = run_script(tiny_model_path, tmp_path / "run", "--kill_at_step", "4")
+    killed = run_kill_resume_script(tiny_model_path, tmp_path / "run", "--kill_at_step", "4")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert os.path.isdir(tmp_path / "run" / "checkpoint-4") and not os.path.exists(tmp_path / "run" / "checkpoint-6")
     assert len(read_labels(tmp_path / "run")) == 8  # steps 0-3, two pairs each
-    resumed = run_script(tiny_model_path, tmp_path / "run", "--resume")
+    resumed = run_kill_resume_script(tiny_model_path, tmp_path / "run", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     expected = read_labels(tmp_path / "full")
@@ -172,7 +175,7 @@ def test_kill_9_and_resume_continue_the_run_exactly(tmp_path, tiny_model_path):
     ids=["oserror", "safetensors"],
 )
 def test_a_full_disk_while_checkpointing_is_reported_as_such(tmp_path, tiny_model_path, positivity, error):
-    trainer = make_trainer(tiny_model_path, positivity, tmp_path, max_steps=1, save_steps=1)
+    trainer = checkpointing_trainer(tiny_model_path, positivity, tmp_path, max_steps=1, save_steps=1)
 
     def save_model(*args, **kwargs):
         raise error
@@ -186,7 +189,7 @@ def test_a_full_disk_while_checkpointing_is_reported_as_such(tmp_path, tiny_mode
 
 
 def test_a_failed_save_for_another_reason_is_not_called_a_full_disk(tmp_path, tiny_model_path, positivity):
-    trainer = make_trainer(tiny_model_path, positivity, tmp_path, max_steps=1, save_steps=1)
+    trainer = checkpointing_trainer(tiny_model_path, positivity, tmp_path, max_steps=1, save_steps=1)
 
     def save_model(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
@@ -197,11 +200,11 @@ def test_a_failed_save_for_another_reason_is_not_called_a_full_disk(tmp_path, ti
 
 
 def test_resume_skips_an_incomplete_last_checkpoint(tmp_path, tiny_model_path, positivity, caplog):
-    make_trainer(tiny_model_path, positivity, tmp_path, max_steps=2, save_steps=1).train()
+    checkpointing_trainer(tiny_model_path, positivity, tmp_path, max_steps=2, save_steps=1).train()
     incomplete = tmp_path / "checkpoint-3"
     incomplete.mkdir()
     (incomplete / "model.safetensors").write_bytes(b"\0" * 10)  # cut short: no trainer_state.json
-    resumed = make_trainer(tiny_model_path, positivity, tmp_path, max_steps=3, save_steps=1)
+    resumed = checkpointing_trainer(tiny_model_path, positivity, tmp_path, max_steps=3, save_steps=1)
     with caplog.at_level(logging.WARNING, logger="ple_trl"):
         resumed.train(resume_from_checkpoint=True)
     assert any(str(incomplete) in r.getMessage() and "incomplete" in r.getMessage() for r in caplog.records)
@@ -211,7 +214,7 @@ def test_resume_skips_an_incomplete_last_checkpoint(tmp_path, tiny_model_path, p
 
 def test_resume_with_no_complete_checkpoint_starts_afresh(tmp_path, tiny_model_path, positivity, caplog):
     (tmp_path / "checkpoint-1").mkdir(parents=True)
-    trainer = make_trainer(tiny_model_path, positivity, tmp_path, max_steps=1, save_strategy="no")
+    trainer = checkpointing_trainer(tiny_model_path, positivity, tmp_path, max_steps=1, save_strategy="no")
     with caplog.at_level(logging.WARNING, logger="ple_trl"):
         trainer.train(resume_from_checkpoint=True)
     assert any("starts training from scratch" in r.getMessage() for r in caplog.records)

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from conftest import make_reward_tokenizer, tiny_llama_config
 from tokenizers import processors
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
 
@@ -15,9 +14,10 @@ from ple_trl.rewards import (
     resolve_reward_funcs,
     reward_funcs_registry,
 )
+from ple_trl.testing import make_reward_tokenizer, tiny_llama_config
 
-LONG = "write a review of the movie : good great kind happy"  # 11 words; its last 4 are the answer
-SHORT = "bad film"
+LONG_TEXT = "write a review of the movie : good great kind happy"  # 11 words; its last 4 are the answer
+SHORT_TEXT = "bad film"
 
 
 def first_logits(model, ids_list):
@@ -74,27 +74,27 @@ def test_left_truncation_can_keep_a_leading_special_token():
 def test_reward_model_scores_the_end_of_a_long_text(reward_model):
     model, tokenizer = reward_model
     scorer = RewardModelScorer(model, tokenizer, max_length=4, batch_size=1)
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (LONG, SHORT)]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (LONG_TEXT, SHORT_TEXT)]
     expected = [logits[0] for logits in first_logits(model, [ids[0][-4:], ids[1]])]
-    assert scorer(prompts=["write a review of the movie : ", ""], completions=["good great kind happy", SHORT]) == (
-        pytest.approx(expected, abs=1e-5)
-    )
+    scores = scorer(prompts=["write a review of the movie : ", ""], completions=["good great kind happy", SHORT_TEXT])
+    assert scores == pytest.approx(expected, abs=1e-5)
     # The start of the text (what right truncation keeps) scores differently: the test tells the two apart.
     assert first_logits(model, [ids[0][:4]])[0][0] != pytest.approx(expected[0], abs=1e-4)
     model.train()
-    assert scorer([""], [SHORT]) == pytest.approx(expected[1:], abs=1e-5) and model.training  # scored in eval mode
+    # scored in eval mode, and the model's mode restored
+    assert scorer([""], [SHORT_TEXT]) == pytest.approx(expected[1:], abs=1e-5) and model.training
     model.eval()
     # Batching and padding change nothing; an unlimited scorer sees the whole text.
     batched = RewardModelScorer(model, tokenizer, max_length=4, batch_size=2)
-    assert batched(prompts=["", ""], completions=[LONG, SHORT]) == pytest.approx(expected, abs=1e-5)
-    whole = RewardModelScorer(model, tokenizer, batch_size=2)([""], [LONG])
+    assert batched(prompts=["", ""], completions=[LONG_TEXT, SHORT_TEXT]) == pytest.approx(expected, abs=1e-5)
+    whole = RewardModelScorer(model, tokenizer, batch_size=2)([""], [LONG_TEXT])
     assert whole == pytest.approx([first_logits(model, [ids[0]])[0][0]], abs=1e-5)
 
 
 def test_sigmoid_option(reward_model):
     model, tokenizer = reward_model
-    logit = RewardModelScorer(model, tokenizer)([""], [SHORT])[0]
-    assert RewardModelScorer(model, tokenizer, sigmoid=True)([""], [SHORT]) == pytest.approx(
+    logit = RewardModelScorer(model, tokenizer)([""], [SHORT_TEXT])[0]
+    assert RewardModelScorer(model, tokenizer, sigmoid=True)([""], [SHORT_TEXT]) == pytest.approx(
         [1 / (1 + math.exp(-logit))]
     )
 
@@ -150,13 +150,13 @@ def test_reward_funcs_resolution():
         registry
     )
     assert "completion_text" not in registry  # a helper of ple_trl.rewards, not a reward
-    vader, path_func = resolve_reward_funcs(["vader_sentiment", "conftest.positivity_reward"])
+    vader, path_func = resolve_reward_funcs(["vader_sentiment", "helpers.positivity_reward"])
     assert vader(prompts=["Review:"], completions=["A wonderful, warm film."])[0] > 0
     assert path_func(completions=["good good bad"]) == [pytest.approx(1 / 3)]
     with pytest.raises(ValueError, match=r"--reward_funcs vadr.*vader_sentiment"):
         resolve_reward_funcs(["vadr"])
     with pytest.raises(ValueError, match="has no function .no_such_reward."):
-        resolve_reward_funcs(["conftest.no_such_reward"])
+        resolve_reward_funcs(["helpers.no_such_reward"])
 
 
 def test_registry_takes_trl_reward_functions_and_leaves_out_factories():

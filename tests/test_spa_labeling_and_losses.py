@@ -1,4 +1,6 @@
-"""Hand-computed checks of SPA's pure maths (`ple_trl.spa`)."""
+"""Hand-computed checks of SPA's maths (`ple_trl.spa.labeling`, `ple_trl.spa.losses`): best/worst labelling, the margin
+history and its confidence threshold, the refinement warm-up, the self-refined DPO loss and the de-coupled logits.
+The implicit reward's maths: `tests/test_implicit_reward.py`."""
 
 import json
 import math
@@ -7,59 +9,13 @@ import random
 import pytest
 import torch
 
-from ple_trl.pairs.logps import sequence_logps
 from ple_trl.ple import losses
-from ple_trl.rewards.implicit import implicit_reward
 from ple_trl.spa import labeling as spa_labeling
 from ple_trl.spa import losses as spa
 
 
 def softplus(x):
     return math.log(1 + math.exp(x))
-
-
-# -- implicit reward ------------------------------------------------------------------------------------------------
-
-
-def test_implicit_reward_is_the_scaled_log_ratio():
-    policy = torch.tensor([-3.0, -5.0], requires_grad=True)
-    reference = torch.tensor([-4.0, -4.0])
-    reward = implicit_reward(policy, reference, beta_judge=0.5)
-    assert reward.tolist() == [0.5, -0.5]
-    assert not reward.requires_grad
-
-
-def test_implicit_reward_of_per_token_log_probs_by_sums_or_means():
-    policy = torch.tensor([[-1.0, -2.0, -7.0], [-0.5, -0.5, -0.5]])
-    reference = torch.tensor([[-2.0, -2.0, -1.0], [-1.0, -2.0, -3.0]])
-    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    # sums: policy [-3, -1.5], reference [-4, -6]; means: policy [-1.5, -0.5], reference [-2, -2]
-    assert implicit_reward(sequence_logps(policy, mask), sequence_logps(reference, mask)).tolist() == [1.0, 4.5]
-    means = implicit_reward(sequence_logps(policy, mask, True), sequence_logps(reference, mask, True), 2.0)
-    assert means.tolist() == [1.0, 3.0]
-
-
-def test_implicit_reward_on_known_logits():
-    # One answer token (id 0). Judge logits [ln 3, 0] -> p = 3/4; initial model logits [0, 0] -> p = 1/2.
-    judge = torch.tensor([[[math.log(3.0), 0.0]]]).log_softmax(-1)
-    initial = torch.tensor([[[0.0, 0.0]]]).log_softmax(-1)
-    ids = torch.tensor([[0]])
-    judge_tokens = judge.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    initial_tokens = initial.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    mask = torch.ones(1, 1)
-    reward = implicit_reward(sequence_logps(judge_tokens, mask), sequence_logps(initial_tokens, mask))
-    assert reward.item() == pytest.approx(math.log(0.75) - math.log(0.5))
-
-
-@pytest.mark.parametrize("beta_judge", [0.0, -1.0, float("inf"), float("nan")])
-def test_implicit_reward_rejects_bad_beta_judge(beta_judge):
-    with pytest.raises(ValueError, match="beta_judge"):
-        implicit_reward(torch.zeros(2), torch.zeros(2), beta_judge)
-
-
-def test_implicit_reward_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="same shape"):
-        implicit_reward(torch.zeros(2), torch.zeros(3))
 
 
 # -- labelling ------------------------------------------------------------------------------------------------------

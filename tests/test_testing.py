@@ -8,7 +8,9 @@ from transformers import AutoConfig, AutoTokenizer
 
 from ple_trl.testing import CHAT_TEMPLATE, WORDS, build_tiny_causal_lm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from helpers import BENCHMARKS
+
+sys.path.insert(0, str(BENCHMARKS))
 from tiny_model import build_tiny_llama  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Fails loudly when the private TRL methods that PLETrainer overrides or calls change.
+"""Fails loudly when a private TRL method that PLETrainer overrides or calls, or a TRL helper it uses, changes.
 
 PLETrainer reuses GRPOTrainer's machinery through these private methods. A TRL release that renames one, changes
 its parameters or its return shape must break here, with the method's name, not deep inside a training run.
@@ -39,7 +39,7 @@ def test_trl_version_is_in_the_tested_range():
 
 @pytest.mark.parametrize("name", list(CONTRACT))
 def test_private_grpo_methods_keep_their_signature(name):
-    assert hasattr(GRPOTrainer, name), f"GRPOTrainer.{name} no longer exists: PLETrainer depends on it"
+    assert hasattr(GRPOTrainer, name), f"GRPOTrainer.{name} does not exist: PLETrainer depends on it"
     parameters = list(inspect.signature(getattr(GRPOTrainer, name)).parameters)
     expected = ["self", *CONTRACT[name]]
     assert parameters[: len(expected)] == expected, f"GRPOTrainer.{name}{parameters} changed signature"
@@ -101,3 +101,19 @@ def test_pletrainer_overrides_are_its_own():
     for name in ("_generate_and_score_completions", "_compute_loss"):
         assert getattr(PLETrainer, name) is not getattr(GRPOTrainer, name)
     assert PLETrainer.loss_is_scaled_for_ga is True  # PLETrainer divides by gradient accumulation itself
+
+
+def test_trl_reference_syncing_contract():
+    # The iteration snapshot is refreshed with TRL's `SyncRefModelCallback.sync_target_model(model, target_model,
+    # alpha)`.
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    assert list(inspect.signature(SyncRefModelCallback.sync_target_model).parameters) == [
+        "model",
+        "target_model",
+        "alpha",
+    ]
+    source = torch.nn.Linear(2, 2)
+    target = torch.nn.Linear(2, 2)
+    SyncRefModelCallback.sync_target_model(source, target, 1.0)
+    assert torch.equal(source.weight, target.weight) and torch.equal(source.bias, target.bias)

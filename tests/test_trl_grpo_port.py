@@ -31,24 +31,21 @@ from trl.trainer.utils import (
 )
 
 from ple_trl import PLEConfig, PLETrainer
-from ple_trl.ple.principles import wrap
 from ple_trl.pairs.multimodal import pair_forward_kwargs
-from ple_trl.testing import VLM_IMAGE_SIZE, VLM_PATCH_SIZE
+from ple_trl.rewards import completion_text
+from ple_trl.testing import VLM_IMAGE_SIZE, VLM_PATCH_SIZE, build_tiny_causal_lm
 
-from conftest import build_tiny_causal_lm, completion_text
-from helpers import PRINCIPLE, PROMPTS, logged, read_labels, snapshot
-from helpers import make_args as tiny_make_args
-
-CHAT_PROMPTS = [[{"role": "user", "content": p}] for p in PROMPTS]
+from helpers import CHAT_PROMPTS, PRINCIPLE, PROMPTS, logged, make_args, read_labels, snapshot
 
 
 def lora():
     return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def make_args(tmp_path, **kwargs):
-    # Unlike the other tiny runs, these keep GRPO's default of gradient checkpointing on, as TRL's own tests do.
-    return tiny_make_args(tmp_path, **{"gradient_checkpointing": True, **kwargs})
+def checkpointed_args(tmp_path, **kwargs):
+    """`helpers.make_args` with GRPO's default of gradient checkpointing on, as TRL's own tests have it (the other tiny
+    runs turn it off)."""
+    return make_args(tmp_path, **{"gradient_checkpointing": True, **kwargs})
 
 
 def word_count(completions, **kwargs):
@@ -116,7 +113,7 @@ def test_training(tmp_path, tiny_model_path, tiny_reward_model_path, prompts):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=tiny_reward_model_path,
-        args=make_args(tmp_path),
+        args=checkpointed_args(tmp_path),
         train_dataset=Dataset.from_dict({"prompt": prompts}),
     )
     assert_trains(trainer)
@@ -128,7 +125,7 @@ def test_training_with_eval(tmp_path, tiny_model_path, eval_on_start):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=word_count,
-        args=make_args(
+        args=checkpointed_args(
             tmp_path, per_device_eval_batch_size=2, eval_strategy="steps", eval_steps=2, eval_on_start=eval_on_start
         ),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
@@ -144,7 +141,7 @@ def test_training_multiple_iterations(tmp_path, tiny_model_path):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=position_in_round,
-        args=make_args(tmp_path, num_iterations=2, save_enhanced_labels=True),
+        args=checkpointed_args(tmp_path, num_iterations=2, save_enhanced_labels=True),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
     assert_trains(trainer)
@@ -166,7 +163,7 @@ def test_training_generation_batch_variants(tmp_path, tiny_model_path, batching)
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=position_in_round,
-        args=make_args(tmp_path, max_steps=max_steps, save_enhanced_labels=True, **batching),
+        args=checkpointed_args(tmp_path, max_steps=max_steps, save_enhanced_labels=True, **batching),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
     assert_trains(trainer)
@@ -183,7 +180,7 @@ def test_training_peft(tmp_path, tiny_model_path):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path),
+        args=checkpointed_args(tmp_path),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         peft_config=lora(),
     )
@@ -197,7 +194,7 @@ def test_training_with_gradient_checkpointing(tmp_path, tiny_model_path, peft):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, gradient_checkpointing=True),
+        args=checkpointed_args(tmp_path, gradient_checkpointing=True),
         train_dataset=Dataset.from_dict({"prompt": CHAT_PROMPTS}),
         peft_config=lora() if peft else None,
     )
@@ -209,7 +206,7 @@ def test_training_beta_non_zero_with_peft(tmp_path, tiny_model_path):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, ranking_loss_type="dpo", beta=0.1, routing="rank_all"),
+        args=checkpointed_args(tmp_path, ranking_loss_type="dpo", beta=0.1, routing="rank_all"),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         peft_config=lora(),
     )
@@ -222,7 +219,7 @@ def test_training_different_reward_model(tmp_path, tiny_model_path, tiny_reward_
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=tiny_reward_model_path,
-        args=make_args(tmp_path),
+        args=checkpointed_args(tmp_path),
         train_dataset=Dataset.from_dict({"prompt": CHAT_PROMPTS}),
         reward_processing_classes=reward_tokenizer,
     )
@@ -236,7 +233,7 @@ def test_mismatched_reward_processing_classes_length_is_refused(tmp_path, tiny_m
         PLETrainer(
             model=tiny_model_path,
             reward_funcs=[tiny_reward_model_path, tiny_reward_model_path],
-            args=make_args(tmp_path),
+            args=checkpointed_args(tmp_path),
             train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
             reward_processing_classes=[reward_tokenizer],
         )
@@ -253,7 +250,7 @@ def test_training_reward_func(tmp_path, tiny_model_path, prompts):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=reward,
-        args=make_args(tmp_path),
+        args=checkpointed_args(tmp_path),
         train_dataset=Dataset.from_dict({"prompt": prompts}),
     )
     assert_trains(trainer)
@@ -269,7 +266,7 @@ def test_training_multiple_reward_funcs_with_weights(tmp_path, tiny_model_path):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=[constant(1.0, "one"), constant(2.0, "two")],
-        args=make_args(tmp_path, reward_weights=[0.5, 2.0]),
+        args=checkpointed_args(tmp_path, reward_weights=[0.5, 2.0]),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
     assert_trains(trainer)
@@ -286,7 +283,7 @@ def test_training_multiple_reward_funcs_with_none_output(tmp_path, tiny_model_pa
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=[abstains, constant(3.0, "three")],
-        args=make_args(tmp_path),
+        args=checkpointed_args(tmp_path),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
     assert_trains(trainer)
@@ -298,7 +295,7 @@ def test_training_multiple_mixed_reward_funcs(tmp_path, tiny_model_path, tiny_re
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=[tiny_reward_model_path, word_count],
-        args=make_args(tmp_path),
+        args=checkpointed_args(tmp_path),
         train_dataset=Dataset.from_dict({"prompt": CHAT_PROMPTS}),
     )
     assert_trains(trainer)
@@ -317,7 +314,7 @@ def test_training_reward_func_additional_column(tmp_path, tiny_model_path):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=reward,
-        args=make_args(tmp_path, shuffle_dataset=False),
+        args=checkpointed_args(tmp_path, shuffle_dataset=False),
         train_dataset=dataset,
     )
     assert_trains(trainer)
@@ -331,7 +328,7 @@ def test_training_with_model_instance(tmp_path, tiny_model_path):
     trainer = PLETrainer(
         model=model,
         reward_funcs=word_count,
-        args=make_args(tmp_path),
+        args=checkpointed_args(tmp_path),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
     )
@@ -343,7 +340,7 @@ def test_training_with_generation_kwargs(tmp_path, tiny_model_path):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=word_count,
-        args=make_args(
+        args=checkpointed_args(
             tmp_path,
             temperature=0.7,
             top_p=0.9,
@@ -362,18 +359,18 @@ def test_training_with_disable_dropout(tmp_path, tiny_model_path):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, disable_dropout=True),
+        args=checkpointed_args(tmp_path, disable_dropout=True),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
     assert_trains(trainer)
 
 
 def test_training_with_log_completions(tmp_path, tiny_model_path):
-    # The table's content is PLE's own (issue 9, item 12); GRPO's case only asks that it runs.
+    # The table's content is PLE's own (`tests/test_logging.py`); GRPO's case only asks that it runs.
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, log_completions=True, num_completions_to_print=2),
+        args=checkpointed_args(tmp_path, log_completions=True, num_completions_to_print=2),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
     assert_trains(trainer)
@@ -397,12 +394,12 @@ def test_grpo_only_settings_are_refused(tmp_path, setting):
     # GRPO test cases whose feature has no meaning for pairs: PLE refuses them by name instead of ignoring them.
     name = next(iter(setting))
     with pytest.raises(ValueError, match=f"`{name}=.*is a GRPO setting that PLE does not use"):
-        make_args(tmp_path, **setting)
+        checkpointed_args(tmp_path, **setting)
 
 
 def test_num_generations_other_than_two_is_refused(tmp_path):
     with pytest.raises(ValueError, match="num_generations=3"):
-        make_args(tmp_path, num_generations=3)
+        checkpointed_args(tmp_path, num_generations=3)
 
 
 def test_grpo_private_methods_take_the_multimodal_and_moe_keywords_ple_passes():
@@ -413,7 +410,7 @@ def test_grpo_private_methods_take_the_multimodal_and_moe_keywords_ple_passes():
         assert name in parameters, name
 
 
-# --- tiny Mixture-of-Experts and vision-language policies --------------------------------------------------------
+# --- tiny Mixture-of-Experts and vision-language policies -----------------------------------------------------------
 
 ROUTER_COEF = 0.01
 
@@ -445,14 +442,14 @@ def image_dataset(column="image"):
     return Dataset.from_dict({"prompt": CHAT_PROMPTS, column: images})
 
 
-# --- Mixture of Experts (issue 9, item 4) ------------------------------------------------------------------------
+# --- Mixture of Experts ---------------------------------------------------------------------------------------------
 
 
 def test_training_moe_adds_and_logs_the_router_aux_loss(tmp_path, tiny_moe_path):
     trainer = PLETrainer(
         model=tiny_moe_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, max_steps=3),
+        args=checkpointed_args(tmp_path, max_steps=3),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
     # As GRPO: the architecture's own coefficient when `router_aux_loss_coef` is left unset.
@@ -477,7 +474,7 @@ def test_moe_loss_is_ple_loss_plus_coef_times_aux_loss_over_grad_accumulation(tm
     trainer = PLETrainer(
         model=tiny_moe_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, router_aux_loss_coef=1.0, gradient_accumulation_steps=2),
+        args=checkpointed_args(tmp_path, router_aux_loss_coef=1.0, gradient_accumulation_steps=2),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
     assert trainer.router_aux_loss_coef == 1.0
@@ -504,7 +501,7 @@ def test_router_aux_loss_coef_on_a_dense_model_is_refused(tmp_path, tiny_model_p
         PLETrainer(
             model=tiny_model_path,
             reward_funcs=word_count,
-            args=make_args(tmp_path, router_aux_loss_coef=0.1),
+            args=checkpointed_args(tmp_path, router_aux_loss_coef=0.1),
             train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         )
 
@@ -513,7 +510,7 @@ def test_dense_model_computes_no_aux_loss(tmp_path, tiny_model_path):
     trainer = PLETrainer(
         model=tiny_model_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, max_steps=1),
+        args=checkpointed_args(tmp_path, max_steps=1),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
     )
     assert not trainer.aux_loss_enabled
@@ -521,7 +518,7 @@ def test_dense_model_computes_no_aux_loss(tmp_path, tiny_model_path):
     assert logged(trainer, "aux_loss") == []
 
 
-# --- vision-language models (issue 9, item 5) --------------------------------------------------------------------
+# --- vision-language models -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("column", ["image", "images"])
@@ -529,7 +526,7 @@ def test_training_vlm_images_reach_generation_and_the_loss(tmp_path, tiny_vlm_pa
     trainer = PLETrainer(
         model=tiny_vlm_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, max_steps=2, per_device_train_batch_size=2, save_enhanced_labels=True),
+        args=checkpointed_args(tmp_path, max_steps=2, per_device_train_batch_size=2, save_enhanced_labels=True),
         train_dataset=image_dataset(column),
     )
     assert trainer._is_vlm
@@ -580,7 +577,7 @@ def test_vlm_pair_keeps_its_image_through_shuffling_and_grad_accumulation(tmp_pa
     trainer = PLETrainer(
         model=tiny_vlm_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=2),
+        args=checkpointed_args(tmp_path, max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=2),
         train_dataset=dataset,
     )
     expected = {}
@@ -636,7 +633,7 @@ def test_vlm_reference_forward_sees_the_images(tmp_path, tiny_vlm_path, monkeypa
     trainer = PLETrainer(
         model=tiny_vlm_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, max_steps=2, ranking_loss_type="dpo", beta=0.1),
+        args=checkpointed_args(tmp_path, max_steps=2, ranking_loss_type="dpo", beta=0.1),
         train_dataset=image_dataset(),
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
@@ -651,7 +648,7 @@ def test_vlm_evaluate_sees_the_images(tmp_path, tiny_vlm_path, monkeypatch):
     trainer = PLETrainer(
         model=tiny_vlm_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, per_device_eval_batch_size=2),
+        args=checkpointed_args(tmp_path, per_device_eval_batch_size=2),
         train_dataset=image_dataset(),
         eval_dataset=image_dataset("images"),
     )
@@ -670,7 +667,7 @@ def test_tiled_image_families_are_refused(tmp_path, tiny_vlm_path):
         PLETrainer(
             model=model,
             reward_funcs=word_count,
-            args=make_args(tmp_path),
+            args=checkpointed_args(tmp_path),
             train_dataset=image_dataset(),
             processing_class=AutoProcessor.from_pretrained(tiny_vlm_path),
         )
@@ -679,53 +676,25 @@ def test_tiled_image_families_are_refused(tmp_path, tiny_vlm_path):
 def test_vlm_with_plain_text_prompts_is_refused(tmp_path, tiny_vlm_path):
     dataset = Dataset.from_dict({"prompt": PROMPTS, "image": image_dataset()["image"]})
     with pytest.raises(ValueError, match="images but its prompts are plain text"):
-        PLETrainer(model=tiny_vlm_path, reward_funcs=word_count, args=make_args(tmp_path), train_dataset=dataset)
+        PLETrainer(
+            model=tiny_vlm_path, reward_funcs=word_count, args=checkpointed_args(tmp_path), train_dataset=dataset
+        )
 
 
 def test_images_for_a_text_only_policy_are_refused(tmp_path, tiny_model_path):
     with pytest.raises(ValueError, match="'image' column, but the policy's processing class"):
         PLETrainer(
-            model=tiny_model_path, reward_funcs=word_count, args=make_args(tmp_path), train_dataset=image_dataset()
-        )
+            model=tiny_model_path, reward_funcs=word_count, args=checkpointed_args(tmp_path),
+            train_dataset=image_dataset(),
+        )  # fmt: skip
 
 
 def test_vlm_prompt_longer_than_max_prompt_length_is_refused(tmp_path, tiny_vlm_path):
     trainer = PLETrainer(
         model=tiny_vlm_path,
         reward_funcs=word_count,
-        args=make_args(tmp_path, max_prompt_length=3),
+        args=checkpointed_args(tmp_path, max_prompt_length=3),
         train_dataset=image_dataset(),
     )
     with pytest.raises(ValueError, match="max_prompt_length=3"):
         trainer.train()
-
-
-def test_wrap_multimodal_content():
-    image = Image.new("RGB", (2, 2))
-    prompt = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "what ?"}]}]
-    principled = wrap(prompt, "be kind")
-    assert principled == [
-        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "be kind\n\nwhat ?"}]}
-    ]
-    assert prompt[0]["content"][1]["text"] == "what ?"  # the input is not modified
-    # Several text parts: the template's text before the prompt goes first, after it goes last.
-    parts = [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]
-    two_texts = [{"role": "user", "content": parts}]
-    assert wrap(two_texts, "P", "<{principle}> {prompt} </{principle}>")[0]["content"] == [
-        {"type": "text", "text": "<P> a"},
-        {"type": "image"},
-        {"type": "text", "text": "b </P>"},
-    ]
-    image_only = [{"role": "user", "content": [{"type": "image"}]}]
-    assert wrap(image_only, "be kind")[0]["content"] == [{"type": "image"}, {"type": "text", "text": "be kind"}]
-    # System placement: a typed system message gets a typed text part, an existing one gets the principle appended.
-    assert wrap(prompt, "be kind", placement="system")[0] == {
-        "role": "system",
-        "content": [{"type": "text", "text": "be kind"}],
-    }
-    with_system = [{"role": "system", "content": [{"type": "text", "text": "you help"}]}, *prompt]
-    assert wrap(with_system, "be kind", placement="system")[0]["content"] == [
-        {"type": "text", "text": "you help\n\nbe kind"}
-    ]
-    # String content is unchanged behaviour.
-    assert wrap([{"role": "user", "content": "hi"}], "P") == [{"role": "user", "content": "P\n\nhi"}]

@@ -16,16 +16,9 @@ from transformers import AutoTokenizer
 from ple_trl import PLETrainer
 from ple_trl.ple.principles import wrap
 
-from helpers import PRINCIPLE, make_args
+from helpers import PRINCIPLE, PROMPTS, make_args
 
-PROMPTS = [
-    "write a review of the movie :",
-    "tell me about your day :",
-    "what is the food ?",
-    "how is the city ?",
-    "tell me a story about a friend :",
-    "why is the weather cold ?",
-]
+VLLM_PROMPTS = PROMPTS + ["tell me a story about a friend :", "why is the weather cold ?"]
 
 
 class FakeVLLMGeneration:
@@ -66,7 +59,7 @@ def test_vllm_path_sends_each_plain_and_principled_prompt_once(tiny_model_path, 
         model=tiny_model_path,
         reward_funcs=positivity,
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        train_dataset=Dataset.from_dict({"prompt": VLLM_PROMPTS}),
     )
     fake = FakeVLLMGeneration(tokenizer, mode)
     # The inherited vLLM branch of `_generate_single_turn`, with the fake in place of a vLLM engine.
@@ -82,7 +75,7 @@ def test_vllm_path_sends_each_plain_and_principled_prompt_once(tiny_model_path, 
         texts = [" ".join(tokenizer.decode(ids).split()) for ids in call["prompts"]]
         assert len(texts) == 6 and len(set(texts)) == 6  # 2B distinct prompts
         plain, principled = texts[:3], texts[3:]
-        assert set(plain) <= set(PROMPTS)  # plain block first ...
+        assert set(plain) <= set(VLLM_PROMPTS)  # plain block first ...
         expected = [" ".join(wrap(p, PRINCIPLE).split()) for p in plain]
         assert principled == expected  # ... then the same prompts, principle-guided, in the same order
 

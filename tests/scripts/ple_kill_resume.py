@@ -21,7 +21,6 @@ warnings.simplefilter("ignore", FutureWarning)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-PROMPTS = ["write a review of the movie :", "tell me about your day :", "what is the food ?", "how is the city ?"]
 POSITIVE = {"good", "great", "kind", "happy", "warm", "nice"}
 
 
@@ -39,9 +38,10 @@ def main():
 
     from ple_trl import PLETrainer
 
-    # Run as a script: `tests/` (for the run config it shares with `tests/test_resume.py`) is not on the path.
+    # Run as a script: `tests/` (for the run config and prompts it shares with `tests/test_resume.py`) is not on
+    # the path.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from helpers import KILL_RESUME_RUN, tiny_args
+    from helpers import KILL_RESUME_RUN, PROMPTS, tiny_args
 
     torch.set_num_threads(1)
     order_path = os.path.join(cli.output_dir, "prompt_order.jsonl")

@@ -14,7 +14,7 @@ The principle follows the prompt (`principle_template="{prompt} {principle}"`) a
 whatever a pair shares, so generation runs each pair's common prompt (6 tokens) once: the shared-prefix path runs
 under DDP.
 
-Each pair draws its principle from `PRINCIPLES`, and the run saves a checkpoint at its last step.
+Each pair draws its principle from `DRAWN_PRINCIPLES`, and the run saves a checkpoint at its last step.
 
 Each process writes `rewards_rank{r}.jsonl` (the rewards it computed for its own pairs, per step) and
 `log_rank{r}.json` (its `trainer.state.log_history`), `state_rank{r}.json` (its accelerate state and how many rounds
@@ -33,17 +33,20 @@ warnings.simplefilter("ignore", FutureWarning)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-# Each pair draws one: every process from its own stream (`seed` + its index), saved in its checkpoint.
-PRINCIPLES = ["be positive .", "be kind .", "be very short ."]
-NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
-PROMPTS = [f"tell me about the movie {n} :" for n in NUMBERS]
+# `tests/` (for the helpers shared with the test suite) is not on the path of a script.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import DRAWN_PRINCIPLES, NUMBERED_PROMPTS, counting_prefix_prefills  # noqa: E402
+
+# Each pair draws one of `DRAWN_PRINCIPLES`: every process from its own stream (`seed` + its index), saved in its
+# checkpoint.
+
 # (plain reward, principle-guided reward) per prompt. The dataset is not shuffled, so with 4 pairs per round and 2
 # processes, rank 0 scores prompts 0-1 and 4-5 (small gaps) and rank 1 prompts 2-3 and 6-7 (large spread): z-scored
 # over the whole round the small gaps fall under tau, z-scored per rank they would not. Both routes occur.
 REWARD_TABLE = {
     prompt: rewards
     for prompt, rewards in zip(
-        PROMPTS,
+        NUMBERED_PROMPTS,
         [(0.0, 0.1), (0.2, 0.25), (0.0, 5.0), (5.0, 0.0), (0.3, 0.4), (0.1, 0.05), (1.0, 4.0), (3.0, 3.0)],
         strict=True,
     )
@@ -64,9 +67,6 @@ def main():
 
     from ple_trl import PLEConfig, PLETrainer
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from helpers import counting_prefix_prefills
-
     def table_reward(prompts, completions, trainer_state, **kwargs):
         rank = PartialState().process_index  # read at call time: the trainer's arguments set the distributed state up
         half = len(prompts) // 2
@@ -82,7 +82,7 @@ def main():
 
     args = PLEConfig(
         output_dir=cli.output_dir,
-        principles=PRINCIPLES,
+        principles=DRAWN_PRINCIPLES,
         share_prompt_prefix=True,  # the prompts are short: share them anyway
         principle_template="{prompt} {principle}",
         per_device_train_batch_size=cli.pairs_per_device,
@@ -109,7 +109,7 @@ def main():
         model=cli.model,
         reward_funcs=[table_reward],
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        train_dataset=Dataset.from_dict({"prompt": NUMBERED_PROMPTS}),
         processing_class=tokenizer,
     )
     with counting_prefix_prefills() as prefills:
