@@ -23,7 +23,7 @@
 #   bash benchmarks/gpu_check.sh             # on the GPU machine
 #   bash benchmarks/gpu_check.sh --compare   # the same, then the comparison (resumable)
 #   bash benchmarks/gpu_check.sh --cpu       # dry run: the same steps on the CPU, tiny model, 1 step each (a test runs
-#                                            # it, with --compare: compare.py --quick on a tiny model)
+#                                            # it, with --compare: compare.py --quick on a tiny model, base and PLE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,7 +103,7 @@ if [ "$COMPARE" = 1 ]; then
   if [ "$CPU" = 1 ]; then
     "$PYTHON" -c 'import sys; from ple_trl.testing import build_tiny_causal_lm; build_tiny_causal_lm(sys.argv[1])' \
       "$OUT/tiny-model"
-    read -r -a CARGS <<< "${COMPARE_ARGS:---quick --model $OUT/tiny-model}"
+    read -r -a CARGS <<< "${COMPARE_ARGS:---quick --model $OUT/tiny-model --methods base,ple}"
   else
     read -r -a CARGS <<< "${COMPARE_ARGS:---steps 16 --pairs 8 --seeds 0,1,2 --lrs default,1e-4,3e-4,6e-4}"
   fi

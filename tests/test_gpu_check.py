@@ -24,7 +24,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
         "compare", "compare.txt", "env.txt", "equivalence.json", "equivalence.txt", "pytest.txt", "step_cost.md",
         "step_cost.txt", "tiny-model",
     ]  # fmt: skip
-    # --compare: compare.py --quick on the tiny model, one cell per task and method, and its table.
+    # --compare: compare.py --quick on the tiny model (base and PLE), one cell per task and method, and its table.
     assert len(list((tmp_path / "compare" / "warm" / "ple").glob("*.json"))) == 1
     assert (tmp_path / "compare" / "results.md").read_text().count("## Task `") == 2
     assert "device None (cpu)" in (tmp_path / "env.txt").read_text()
