@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -389,3 +390,21 @@ def test_real_npu_smoke(tmp_path):
     assert torch.isfinite(loss).item()
     assert all(p.grad is not None and p.grad.device.type == "npu" for p in model.parameters() if p.requires_grad)
     assert peak_memory_bytes(device) > 0
+
+
+def test_real_npu_smoke_is_skipped_only_without_real_hardware(fake_npu_path):
+    """`runs_on("npu")` skips the smoke test above for a named reason where no Ascend NPU is usable, and a fake backend
+    (the one these tests install) never passes for real hardware."""
+    from markers import device_unavailable_reason
+
+    if importlib.util.find_spec("torch_npu") is None:
+        assert "torch_npu is not installed" in device_unavailable_reason("npu")
+    out = run_scenario(
+        fake_npu_path,
+        f"""
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from markers import device_unavailable_reason
+        out["npu"] = device_unavailable_reason("npu")
+        """,
+    )
+    assert out["npu"] == "needs a real npu device: the npu backend in this process is a test fake"
